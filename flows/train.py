@@ -1,0 +1,142 @@
+"""The Glassbox `train` flow: load → split → XGBoost on Dask → evaluate → log model, in MLflow.
+
+One MLflow run per flow run, tagged with the Prefect flow-run id; the Prefect run gets a markdown
+artifact pointing back at it. The configuration is validated (and XGBoost's parameters checked)
+before any compute; a run that fails ends FAILED in MLflow with the reason as a tag.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger, runtime
+from prefect.artifacts import create_markdown_artifact
+
+from flows.config import Preset, load_config
+from tasks import tracking
+from tasks.cluster import dask_cluster
+from tasks.config import PipelineConfig
+from tasks.data import dataset_name, load_data, split_data
+from tasks.evaluate import evaluate_model
+from tasks.train import check_params, log_model, train_model
+
+
+def _end_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
+    """Crash/cancellation hook: a flow that dies outside Python's control still ends its run."""
+    try:
+        tracking.configure(_config_from_parameters(flow_run.parameters).tracking)
+        tracking.mark_failed(str(flow_run.id), f"Prefect flow run {state.name}: {state.message}")
+    except Exception as exc:  # a hook must not mask the original failure
+        print(f"glassbox: could not mark the MLflow run failed: {exc}")
+
+
+def _config_from_parameters(params: dict[str, Any]) -> PipelineConfig:
+    named = {
+        "data.source": params.get("data_source"),
+        "data.target": params.get("target"),
+        "train.num_boost_round": params.get("num_boost_round"),
+        "train.params.max_depth": params.get("max_depth"),
+        "train.params.learning_rate": params.get("learning_rate"),
+    }
+    preset = params.get("preset") or "default"
+    preset = getattr(preset, "value", preset)
+    return load_config(params.get("config_file") or preset, {**(params.get("overrides") or {}), **named})
+
+
+@flow(name="train", on_crashed=[_end_mlflow_run], on_cancellation=[_end_mlflow_run])
+def train(
+    preset: Preset = Preset.default,  # type: ignore[valid-type, attr-defined]
+    data_source: str | None = None,
+    target: str | None = None,
+    num_boost_round: int | None = None,
+    max_depth: int | None = None,
+    learning_rate: float | None = None,
+    overrides: dict[str, Any] | None = None,
+    config_file: str | None = None,
+) -> dict[str, Any]:
+    """Train, evaluate and register an XGBoost model, with everything logged to MLflow.
+
+    Args:
+        preset: a configuration preset from conf/.
+        data_source: `builtin:<name>` or a .csv/.parquet path on the worker (preset's if empty).
+        target: the target column (preset's if empty).
+        num_boost_round: maximum boosting rounds (preset's if empty).
+        max_depth: maximum tree depth (preset's if empty).
+        learning_rate: XGBoost learning rate, eta (preset's if empty).
+        overrides: any other config values by dotted key, e.g. {"split.test": 0.25}.
+        config_file: a YAML config file on the worker, used instead of the preset.
+
+    Returns:
+        The MLflow run id, experiment id, UI link, registered model version and test metrics.
+    """
+    cfg = _config_from_parameters(
+        {
+            "preset": preset, "data_source": data_source, "target": target,
+            "num_boost_round": num_boost_round, "max_depth": max_depth,
+            "learning_rate": learning_rate, "overrides": overrides, "config_file": config_file,
+        }
+    )
+    return run_pipeline(cfg)
+
+
+def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
+    """The DAG for one validated configuration."""
+    check_params(cfg.train.params)
+    tracking.configure(cfg.tracking)
+    name = dataset_name(cfg.data.source)
+    tags = {
+        tracking.PREFECT_RUN_TAG: str(runtime.flow_run.id),
+        "prefect.flow_run_name": str(runtime.flow_run.name),
+        "prefect.deployment": str(runtime.deployment.name or ""),
+        "glassbox.data": name,
+    }
+    with tracking.mlflow_run(
+        cfg.tracking,
+        experiment=cfg.tracking.experiment or f"glassbox-{name}",
+        run_name=cfg.tracking.run_name,
+        tags=tags,
+    ) as run:
+        tracking.log_params(run.run_id, tracking.flatten(cfg.model_dump(mode="json")))
+        _report(run, cfg)
+        workspace = Path(cfg.data.workspace) / run.run_id
+        workspace.mkdir(parents=True, exist_ok=True)
+        # The data loads in a task thread while the cluster's worker processes start.
+        loading = load_data.submit(cfg.data, str(workspace), run.run_id)
+        with dask_cluster(cfg.cluster) as cluster:
+            if cluster.dashboard:
+                get_run_logger().info("Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard)
+            info = loading.result()
+            splits = split_data(info, cfg.split, str(workspace), run.run_id)
+            trained = train_model(cluster, info, splits, cfg.train, str(workspace), run.run_id)
+            scores = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
+        logged = log_model(trained["model"], info, splits, cfg.tracking.model_name or f"glassbox-{name}", run.run_id)
+        shutil.rmtree(workspace, ignore_errors=True)
+        result = {
+            "run_id": run.run_id,
+            "experiment_id": run.experiment_id,
+            "url": run.url,
+            "model_uri": logged.uri,
+            "registered_model": logged.registered_name,
+            "model_version": logged.version,
+            "metrics": scores,
+        }
+        _report(run, cfg, result)
+    return result
+
+
+def _report(run: tracking.RunRef, cfg: PipelineConfig, result: dict[str, Any] | None = None) -> None:
+    """The Prefect run's pointer to its MLflow run (and, when done, the headline results)."""
+    where = (
+        f"[open in MLflow]({run.url})"
+        if run.url
+        else f"`mlflow ui --backend-store-uri {cfg.tracking.uri}`, then experiment "
+        f"{run.experiment_id}, run `{run.run_id}`"
+    )
+    lines = [f"## MLflow run `{run.run_id}`", "", f"Experiment {run.experiment_id}: {where}"]
+    if result:
+        lines += ["", f"Registered model **{result['registered_model']}** version {result['model_version']}",
+                  "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()]
+    create_markdown_artifact(key="mlflow-run", markdown="\n".join(lines), description="MLflow run of this flow run")

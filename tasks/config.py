@@ -1,0 +1,178 @@
+"""Pipeline configuration: one frozen pydantic model per stage, composed into `PipelineConfig`.
+
+The same models validate YAML presets (`conf/*.yaml`), `--set` overrides on the command line and
+the Prefect UI's parameter form, so a wrong key or value fails before any compute, naming the key.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+TaskType = Literal["binary", "multiclass", "regression"]
+
+
+class ConfigError(ValueError):
+    """A configuration or input problem a user can fix; the message says which and how."""
+
+
+class _Stage(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Stage):
+    """Where the data comes from and what to predict."""
+
+    source: str = Field(
+        description="`builtin:<name>` (breast_cancer, wine, iris, digits, diabetes, fraud) "
+        "or a path to a .csv or .parquet file",
+    )
+    target: str | None = Field(
+        None, description="target column; built-in data sets know their own"
+    )
+    task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
+    id_column: str | None = Field(
+        None, description="column holding row ids; default: the row's position in the input"
+    )
+    drop: tuple[str, ...] = Field((), description="columns that are not features (ids, leaks)")
+    positive_class: str | None = Field(
+        None, description="binary only: the label that is the positive class (encoded as 1)"
+    )
+    rows: int | None = Field(
+        None, ge=100, description="generated data sets (builtin:fraud): how many rows to make"
+    )
+    seed: int = Field(0, description="seed of generated data sets")
+    workspace: str = Field(
+        "mlruns/workspace",
+        description="folder for the per-run Parquet splits; Dask workers must be able to read it",
+    )
+
+
+class SplitConfig(_Stage):
+    """Train/valid/test split: fractions of all rows, stratified for classification."""
+
+    valid: float = Field(0.1, gt=0, lt=1)
+    test: float = Field(0.2, gt=0, lt=1)
+    seed: int = 42
+
+    @model_validator(mode="after")
+    def _fractions_leave_training_rows(self) -> SplitConfig:
+        if self.valid + self.test >= 0.9:
+            raise ValueError(
+                f"split.valid + split.test = {self.valid + self.test:g} leaves too few rows "
+                "to train on; keep it below 0.9"
+            )
+        return self
+
+
+class TrainConfig(_Stage):
+    """XGBoost training. `params` go to XGBoost as they are (checked against XGBoost itself)."""
+
+    num_boost_round: int = Field(200, ge=1, le=100_000)
+    early_stopping_rounds: int | None = Field(20, ge=1)
+    params: dict[str, Any] = Field(default_factory=dict, description="XGBoost parameters")
+    auto_scale_pos_weight: bool = Field(
+        True,
+        description="binary data with under 10% positives gets scale_pos_weight = "
+        "negatives/positives unless params set it",
+    )
+    eval_auc: bool = Field(
+        False, description="also evaluate AUC every round (about doubles training time)"
+    )
+    log_every: int = Field(25, ge=1, description="log training progress every N rounds")
+
+
+class EvaluateConfig(_Stage):
+    """Test-set evaluation."""
+
+    threshold: float = Field(0.5, gt=0, lt=1, description="binary decision threshold")
+
+
+class ClusterConfig(_Stage):
+    """The Dask cluster that trains: a local one (CUDA when there is a GPU) or an existing one."""
+
+    kind: Literal["auto", "local", "cuda", "address"] = "auto"
+    address: str | None = Field(None, description="scheduler address when kind is `address`")
+    n_workers: int | None = Field(None, ge=1, description="default: 1 (CPU) or one per GPU")
+    threads_per_worker: int | None = Field(None, ge=1, description="default: all cores")
+    dashboard: bool = Field(True, description="serve the Dask dashboard on 127.0.0.1")
+
+    @model_validator(mode="after")
+    def _address_goes_with_kind(self) -> ClusterConfig:
+        if self.kind == "address" and not self.address:
+            raise ValueError("cluster.kind 'address' needs cluster.address (tcp://host:port)")
+        if self.address and self.kind != "address":
+            raise ValueError("cluster.address is set: set cluster.kind to 'address' too")
+        return self
+
+
+class TrackingConfig(_Stage):
+    """MLflow: where runs, artifacts and registered models go."""
+
+    uri: str = "sqlite:///mlruns/mlflow.db"
+    artifact_root: str = Field(
+        "mlruns/artifacts", description="artifact folder for new experiments (local stores)"
+    )
+    experiment: str | None = Field(None, description="default: glassbox-<data set name>")
+    model_name: str | None = Field(
+        None, description="registered model name; default: glassbox-<data set name>"
+    )
+    run_name: str | None = None
+    ui_url: str | None = Field(
+        None, description="MLflow UI base URL for links (default: the tracking URI if http)"
+    )
+
+
+class PipelineConfig(_Stage):
+    """Everything one `train` flow run needs."""
+
+    data: DataConfig
+    split: SplitConfig = SplitConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    cluster: ClusterConfig = ClusterConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+
+def validate_config(raw: dict[str, Any]) -> PipelineConfig:
+    """Validate a nested dict into a `PipelineConfig`, or raise `ConfigError` naming the keys.
+
+    Unknown keys get a "did you mean" suggestion from the keys valid at that level.
+    """
+    try:
+        return PipelineConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line per problem: `key: what is wrong (got value)`."""
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        key = ".".join(loc) or "config"
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+            valid = _valid_keys(loc[:-1])
+            close = difflib.get_close_matches(loc[-1], valid, n=1)
+            msg += f" (did you mean '{close[0]}'?)" if close else f" (valid: {', '.join(valid)})"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+            if "input" in err and not isinstance(err["input"], dict):
+                msg += f" (got {err['input']!r})"
+        lines.append(f"{key}: {msg}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def _valid_keys(path: list[str]) -> list[str]:
+    model: type[BaseModel] = PipelineConfig
+    for part in path:
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)

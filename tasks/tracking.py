@@ -1,0 +1,243 @@
+"""The one home of MLflow: every helper takes the run id explicitly and uses `MlflowClient`.
+
+`mlflow.active_run()` is per thread and Dask workers are other processes, so nothing here relies
+on a fluent "current run". `configure` is called by the flow; importing this module does nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import DatasetInput, InputTag, Metric, Param
+
+from tasks.config import TrackingConfig
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import xgboost as xgb
+    from matplotlib.figure import Figure
+
+FAILURE_TAG = "glassbox.failure_reason"
+PREFECT_RUN_TAG = "prefect.flow_run_id"
+_BATCH = 1000  # MLflow's limit of entries in one log_batch call
+_UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
+
+
+def configure(cfg: TrackingConfig) -> None:
+    """Point MLflow at the configured store; create and migrate a local sqlite store once.
+
+    Runs in one process before any parallel use: concurrent first-time migrations of the same
+    sqlite file corrupt it.
+    """
+    if cfg.uri.startswith("sqlite:///"):
+        Path(cfg.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(cfg.uri)
+    mlflow.set_registry_uri(cfg.uri)
+    MlflowClient().search_experiments(max_results=1)  # creates/migrates the schema
+
+
+def safe_key(name: str) -> str:
+    """A metric/param key MLflow accepts, from any text (class names, column names)."""
+    return _UNSAFE.sub("_", name)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"params": {"eta": 0.1}}}` -> `{"train.params.eta": 0.1}`."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """Where a run lives: enough to link to it."""
+
+    run_id: str
+    experiment_id: str
+    url: str | None  # MLflow UI page of the run, when a UI address is known
+
+
+@contextmanager
+def mlflow_run(
+    cfg: TrackingConfig, *, experiment: str, run_name: str | None, tags: dict[str, str]
+) -> Iterator[RunRef]:
+    """Create a run, yield it, and end it FINISHED, or FAILED/KILLED with the reason as a tag.
+
+    Whatever was logged before a failure stays in the run.
+    """
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = None
+        if not cfg.uri.startswith(("http://", "https://", "databricks")):
+            location = (Path(cfg.artifact_root).resolve()).as_uri()
+        experiment_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        experiment_id = exp.experiment_id
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
+    run_id = run.info.run_id
+    base = cfg.ui_url or (cfg.uri if cfg.uri.startswith(("http://", "https://")) else None)
+    url = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
+    try:
+        yield RunRef(run_id=run_id, experiment_id=experiment_id, url=url)
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        reason = f"{type(exc).__name__}: {exc}"
+        client.set_tag(run_id, FAILURE_TAG, reason[:5000])
+        client.set_terminated(run_id, status)
+        raise
+    client.set_terminated(run_id, "FINISHED")
+
+
+def mark_failed(flow_run_id: str, reason: str) -> list[str]:
+    """End every unfinished run tagged with a Prefect flow-run id as FAILED (crash hooks)."""
+    client = MlflowClient()
+    ended = []
+    for exp in client.search_experiments():
+        for run in client.search_runs(
+            [exp.experiment_id],
+            f"tags.`{PREFECT_RUN_TAG}` = '{flow_run_id}' and attributes.status = 'RUNNING'",
+        ):
+            client.set_tag(run.info.run_id, FAILURE_TAG, reason[:5000])
+            client.set_terminated(run.info.run_id, "FAILED")
+            ended.append(run.info.run_id)
+    return ended
+
+
+def log_params(run_id: str, params: Mapping[str, Any]) -> None:
+    """Log params (values as text), 100 per request."""
+    items = [Param(safe_key(k), _param_text(v)) for k, v in params.items()]
+    client = MlflowClient()
+    for i in range(0, len(items), 100):
+        client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value)) if value else "[]"
+    return str(value)[:6000]
+
+
+def log_metrics(run_id: str, metrics: Mapping[str, float], step: int = 0) -> None:
+    """Log scalar metrics in one batch."""
+    now = int(time.time() * 1000)
+    _log_metric_batch(run_id, [Metric(safe_key(k), float(v), now, step) for k, v in metrics.items()])
+
+
+def log_history(run_id: str, history: Mapping[str, Mapping[str, list[float]]]) -> None:
+    """Log XGBoost's evaluation history as step metrics `<data>-<metric>`, one point per round.
+
+    Batched: one `log_metric` call per point costs seconds per thousand points on sqlite.
+    """
+    now = int(time.time() * 1000)
+    _log_metric_batch(
+        run_id,
+        [
+            Metric(safe_key(f"{data}-{metric}"), float(v), now, step)
+            for data, metrics in history.items()
+            for metric, values in metrics.items()
+            for step, v in enumerate(values)
+        ],
+    )
+
+
+def _log_metric_batch(run_id: str, metrics: list[Metric]) -> None:
+    client = MlflowClient()
+    for i in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _BATCH], synchronous=True)
+
+
+def log_text(run_id: str, text: str, artifact_file: str) -> None:
+    MlflowClient().log_text(run_id, text, artifact_file)
+
+
+def log_figure(run_id: str, figure: Figure, artifact_file: str) -> None:
+    """Log a matplotlib figure as PNG and close it, so memory does not grow with figures."""
+    import matplotlib.pyplot as plt
+
+    try:
+        MlflowClient().log_figure(
+            run_id, figure, artifact_file, save_kwargs={"dpi": 110, "bbox_inches": "tight"}
+        )
+    finally:
+        plt.close(figure)
+
+
+def log_dataset(run_id: str, data: pd.DataFrame, *, name: str, source: str, target: str) -> None:
+    """Record the data set as a run input: name, digest, source and schema."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+
+    src: Any = (
+        CodeDatasetSource({"glassbox.source": source})
+        if source.startswith("builtin:")
+        else str(Path(source).resolve())
+    )
+    dataset = mlflow.data.from_pandas(data, source=src, name=name, targets=target)
+    MlflowClient().log_inputs(
+        run_id,
+        datasets=[
+            DatasetInput(
+                dataset._to_mlflow_entity(),
+                tags=[InputTag(key="mlflow.data.context", value="training")],
+            )
+        ],
+    )
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    uri: str
+    registered_name: str | None
+    version: str | None
+
+
+def log_xgboost_model(
+    run_id: str,
+    booster: xgb.Booster,
+    input_example: pd.DataFrame,
+    *,
+    registered_model_name: str | None,
+) -> LoggedModel:
+    """Log a Booster in XGBoost's own format (UBJSON) with signature, example and requirements.
+
+    Requirements are given explicitly: MLflow's inference of them costs seconds per model.
+    """
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+    from mlflow.models import infer_signature
+
+    output = booster.inplace_predict(input_example)
+    signature = infer_signature(input_example, output)
+    info = mlflow.xgboost.log_model(
+        booster,
+        name="model",
+        run_id=run_id,
+        model_format="ubj",
+        signature=signature,
+        input_example=input_example,
+        registered_model_name=registered_model_name,
+        pip_requirements=[
+            f"xgboost=={xgb.__version__}",
+            f"pandas=={pd.__version__}",
+            f"numpy=={np.__version__}",
+        ],
+    )
+    version = info.registered_model_version
+    return LoggedModel(
+        uri=info.model_uri,
+        registered_name=registered_model_name,
+        version=str(version) if version is not None else None,
+    )

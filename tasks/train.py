@@ -1,0 +1,233 @@
+"""Train stage: XGBoost on the Dask cluster (`xgboost.dask`, quantile DMatrix), early stopping,
+per-round train/valid history, progress into the Prefect logs, the model logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+import xgboost.dask as dxgb
+from distributed import Client
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from tasks import tracking
+from tasks.cluster import ClusterHandle
+from tasks.config import ConfigError, TaskType, TrainConfig
+from tasks.data import DatasetInfo, read_split
+
+# Per task: objective and per-round metrics. The last metric drives early stopping.
+_OBJECTIVES: dict[TaskType, tuple[str, list[str]]] = {
+    "binary": ("binary:logistic", ["error", "logloss"]),
+    "multiclass": ("multi:softprob", ["merror", "mlogloss"]),
+    "regression": ("reg:squarederror", ["mae", "rmse"]),
+}
+_AUC = {"binary": "auc", "multiclass": "auc"}
+# Parameters Glassbox sets from the cluster and the data; users configure them elsewhere.
+_MANAGED = {"nthread": "the Dask worker's threads", "n_jobs": "the Dask worker's threads",
+            "device": "cluster.kind", "num_class": "the data"}
+IMBALANCE = 0.10  # positive share under which scale_pos_weight is set automatically
+
+
+def xgb_params(
+    task: TaskType,
+    n_classes: int,
+    user: dict[str, Any],
+    *,
+    device: str,
+    eval_auc: bool,
+    positive_share: float | None = None,
+    auto_scale_pos_weight: bool = True,
+) -> dict[str, Any]:
+    """The parameters XGBoost gets: the task's defaults, then the user's `train.params`."""
+    objective, metrics = _OBJECTIVES[task]
+    if eval_auc and task in _AUC:
+        metrics = [*metrics[:-1], _AUC[task], metrics[-1]]
+    params: dict[str, Any] = {
+        "objective": objective,
+        "eval_metric": metrics,
+        "tree_method": "hist",
+        "device": device,
+    }
+    if task == "multiclass":
+        params["num_class"] = n_classes
+    if (
+        task == "binary"
+        and auto_scale_pos_weight
+        and "scale_pos_weight" not in user
+        and positive_share is not None
+        and 0 < positive_share < IMBALANCE
+    ):
+        params["scale_pos_weight"] = round((1 - positive_share) / positive_share, 4)
+    return {**params, **user}
+
+
+def check_params(params: dict[str, Any]) -> None:
+    """Ask XGBoost itself whether it knows and accepts `train.params`, on 8 rows, in milliseconds.
+
+    Raises:
+        ConfigError: naming unknown parameters or the value XGBoost refuses.
+    """
+    managed = sorted(set(params) & set(_MANAGED))
+    if managed:
+        raise ConfigError(
+            "train.params: " + "; ".join(f"'{k}' is set from {_MANAGED[k]}" for k in managed)
+        )
+    rng = np.random.default_rng(0)
+    dm = xgb.DMatrix(rng.normal(size=(8, 2)), label=np.arange(8) % 2)
+    probe = {k: v for k, v in params.items() if k not in ("objective", "eval_metric", "num_class")}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            xgb.train({**probe, "nthread": 1}, dm, num_boost_round=1)
+        except xgb.core.XGBoostError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"train.params: XGBoost refuses them: {first}") from None
+    unused = [
+        name
+        for w in caught
+        for group in re.findall(r"Parameters: \{(.*?)\} are not used", str(w.message), re.S)
+        for name in re.findall(r'"([^"]+)"', group)
+    ]
+    if unused:
+        raise ConfigError(f"train.params: unknown XGBoost parameter(s): {', '.join(unused)}")
+
+
+class _Progress(xgb.callback.TrainingCallback):
+    """Publishes the latest metrics every `every` rounds from the worker to the client."""
+
+    def __init__(self, topic: str, every: int) -> None:
+        self.topic, self.every = topic, every
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        if (epoch + 1) % self.every == 0 and xgb.collective.get_rank() == 0:
+            from distributed import get_worker
+
+            latest = {f"{d}-{m}": v[-1] for d, ms in evals_log.items() for m, v in ms.items()}
+            get_worker().log_event(self.topic, {"round": epoch + 1, **latest})
+        return False
+
+
+def fit(
+    client: Client,
+    train: tuple[Any, Any],
+    valid: tuple[Any, Any],
+    params: dict[str, Any],
+    *,
+    num_boost_round: int,
+    early_stopping_rounds: int | None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_every: int = 25,
+) -> tuple[xgb.Booster, dict[str, dict[str, list[float]]]]:
+    """Train on the cluster with train and valid evaluated every round.
+
+    Args:
+        client: Dask client of the cluster.
+        train, valid: (features, target) as Dask collections.
+        params: XGBoost parameters (see `xgb_params`).
+        progress: called on the client with `{"round": n, "<data>-<metric>": value, ...}`.
+
+    Returns:
+        The booster (cut at the best iteration when early stopping) and the per-round history.
+    """
+    dtrain = dxgb.DaskQuantileDMatrix(client, *train, enable_categorical=True)
+    dvalid = dxgb.DaskQuantileDMatrix(client, *valid, ref=dtrain, enable_categorical=True)
+    callbacks: list[xgb.callback.TrainingCallback] = []
+    if early_stopping_rounds:
+        callbacks.append(
+            xgb.callback.EarlyStopping(rounds=early_stopping_rounds, data_name="valid", save_best=True)
+        )
+    topic = f"glassbox-progress-{time.monotonic_ns()}"
+    if progress is not None:
+        callbacks.append(_Progress(topic, progress_every))
+        client.subscribe_topic(topic, lambda event: progress(event[1]))
+    try:
+        out = dxgb.train(
+            client,
+            params,
+            dtrain,
+            num_boost_round=num_boost_round,
+            evals=[(dtrain, "train"), (dvalid, "valid")],
+            callbacks=callbacks,
+            verbose_eval=False,
+        )
+    finally:
+        if progress is not None:
+            client.unsubscribe_topic(topic)
+    history = {d: {m: [float(v) for v in vals] for m, vals in ms.items()} for d, ms in out["history"].items()}
+    return out["booster"], history
+
+
+def best_iteration(booster: xgb.Booster, history: dict[str, dict[str, list[float]]]) -> int:
+    """The best round (0-based): XGBoost's own record under early stopping, else the last."""
+    try:
+        return int(booster.best_iteration)
+    except AttributeError:
+        return len(next(iter(next(iter(history.values())).values()))) - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Prefect tasks
+
+
+@task(name="train-xgboost", cache_policy=NO_CACHE)
+def train_model(
+    cluster: ClusterHandle, info: DatasetInfo, splits: dict[str, str], cfg: TrainConfig,
+    workspace: str, run_id: str,
+) -> dict[str, Any]:
+    """Train on the cluster, log params and per-round history; return the model path and history."""
+    logger = get_run_logger()
+    positive_share = None
+    if info.task == "binary":
+        positive_share = float(pd.read_parquet(splits["train"], columns=[info.target])[info.target].mean())
+    params = xgb_params(info.task, len(info.classes), cfg.params, device=cluster.device,
+                        eval_auc=cfg.eval_auc, positive_share=positive_share,
+                        auto_scale_pos_weight=cfg.auto_scale_pos_weight)
+    tracking.log_params(run_id, {f"xgb.{k}": v for k, v in params.items()})
+    start = time.perf_counter()
+    booster, history = fit(
+        cluster.client, _dask_split(splits["train"], info), _dask_split(splits["valid"], info),
+        params, num_boost_round=cfg.num_boost_round, early_stopping_rounds=cfg.early_stopping_rounds,
+        progress=lambda p: logger.info("round %s: %s", p["round"], _fmt(p)), progress_every=cfg.log_every,
+    )
+    seconds = time.perf_counter() - start
+    best = best_iteration(booster, history)
+    rounds = len(next(iter(history["train"].values())))
+    tracking.log_history(run_id, history)
+    final = {f"best_{d}-{m}": v[best] for d, ms in history.items() for m, v in ms.items()}
+    tracking.log_metrics(run_id, {"best_iteration": best, "rounds_trained": rounds, "train_seconds": seconds, **final})
+    path = str(Path(workspace) / "model.ubj")
+    booster.save_model(path)
+    logger.info("Trained %d rounds in %.1fs; best round %d: %s", rounds, seconds, best + 1, _fmt(final))
+    return {"model": path, "best_iteration": best, "history": history}
+
+
+def _dask_split(path: str, info: DatasetInfo) -> tuple[Any, Any]:
+    import dask.dataframe as dd
+
+    frame = dd.read_parquet(path).astype(info.feature_dtypes())
+    return frame[info.features], frame[info.target]
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v:.5g}" for k, v in metrics.items() if isinstance(v, float))
+
+
+@task(name="log-model", cache_policy=NO_CACHE)
+def log_model(
+    model_path: str, info: DatasetInfo, splits: dict[str, str], model_name: str | None, run_id: str
+) -> tracking.LoggedModel:
+    """Log the booster to MLflow (XGBoost format, signature, example) and register it."""
+    booster = xgb.Booster(model_file=model_path)
+    example, _ = read_split(splits["test"], info)
+    logged = tracking.log_xgboost_model(run_id, booster, example.head(5), registered_model_name=model_name)
+    get_run_logger().info("Logged model %s (registered %s version %s)", logged.uri, model_name, logged.version)
+    return logged
