@@ -53,11 +53,9 @@ def parse_assignment(text: str) -> tuple[str, Any]:
 
 
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict (a copy); `None` values are ignored."""
+    """Set dotted keys in a nested dict (a copy)."""
     out = _deep_copy(raw)
     for dotted, value in overrides.items():
-        if value is None:
-            continue
         node = out
         *parents, leaf = dotted.split(".")
         for part in parents:

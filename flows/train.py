@@ -42,7 +42,9 @@ def _config_from_parameters(params: dict[str, Any]) -> PipelineConfig:
     }
     preset = params.get("preset") or "default"
     preset = getattr(preset, "value", preset)
-    return load_config(params.get("config_file") or preset, {**(params.get("overrides") or {}), **named})
+    # An empty form field means "as the preset says"; `overrides` may set None on purpose.
+    chosen = {k: v for k, v in named.items() if v is not None}
+    return load_config(params.get("config_file") or preset, {**(params.get("overrides") or {}), **chosen})
 
 
 @flow(name="train", on_crashed=[_end_mlflow_run], on_cancellation=[_end_mlflow_run])

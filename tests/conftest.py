@@ -1,0 +1,59 @@
+"""Shared fixtures: a real Prefect test harness and real MLflow sqlite stores in temp folders."""
+
+from __future__ import annotations
+
+import os
+
+# Before Prefect is imported: the temporary server's telemetry heartbeat fights over its sqlite.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import numpy as np
+import pandas as pd
+import pytest
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> dict[str, str]:
+    """Overrides that send a flow's tracking and workspace into a fresh temp folder."""
+    root = tmp_path_factory.mktemp("mlruns")
+    return {
+        "tracking.uri": f"sqlite:///{root}/mlflow.db",
+        "tracking.artifact_root": str(root / "artifacts"),
+        "data.workspace": str(root / "workspace"),
+    }
+
+
+@pytest.fixture
+def client(store):
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+    from tasks.config import TrackingConfig
+
+    tracking.configure(TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"]))
+    return MlflowClient()
+
+
+def penguins_like(n: int = 300, seed: int = 0) -> pd.DataFrame:
+    """A small data set with a string target, string categoricals and missing values."""
+    rng = np.random.default_rng(seed)
+    species = rng.choice(["Adelie", "Chinstrap", "Gentoo"], n)
+    island = np.where(species == "Gentoo", "Biscoe", rng.choice(["Dream", "Torgersen", "Biscoe"], n))
+    base = {"Adelie": 38.8, "Chinstrap": 48.8, "Gentoo": 47.5}
+    bill = np.array([base[s] for s in species]) + rng.normal(0, 2.5, n)
+    depth = np.where(species == "Gentoo", 15.0, 18.4) + rng.normal(0, 1.0, n)
+    sex = rng.choice(["male", "female", None], n, p=[0.48, 0.48, 0.04])
+    frame = pd.DataFrame(
+        {"species": species, "island": island, "bill_length_mm": bill,
+         "bill_depth_mm": depth, "sex": sex, "year": rng.choice([2007, 2008, 2009], n)}
+    )
+    frame.loc[rng.choice(n, 5, replace=False), "bill_length_mm"] = np.nan
+    return frame

@@ -1,0 +1,100 @@
+from __future__ import annotations
+
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.cluster import dask_cluster, worker_env
+from tasks.config import ClusterConfig, ConfigError
+from tasks.train import IMBALANCE, best_iteration, check_params, fit, xgb_params
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with dask_cluster(ClusterConfig(n_workers=1, threads_per_worker=2, dashboard=False)) as handle:
+        yield handle
+
+
+def _dask(n: int, seed: int, npartitions: int = 2):
+    rng = np.random.default_rng(seed)
+    x = pd.DataFrame(rng.normal(size=(n, 4)), columns=list("abcd"))
+    y = pd.Series((x["a"] + 0.5 * x["b"] + rng.normal(0, 0.7, n) > 0).astype(int), name="y")
+    return dd.from_pandas(x, npartitions=npartitions), dd.from_pandas(y, npartitions=npartitions)
+
+
+def test_task_defaults_then_user_params():
+    p = xgb_params("multiclass", 3, {"max_depth": 3}, device="cpu", eval_auc=False)
+    assert (p["objective"], p["num_class"], p["eval_metric"]) == ("multi:softprob", 3, ["merror", "mlogloss"])
+    p = xgb_params("regression", 0, {"objective": "reg:absoluteerror"}, device="cuda", eval_auc=True)
+    assert p["objective"] == "reg:absoluteerror" and p["device"] == "cuda"
+    assert p["eval_metric"] == ["mae", "rmse"]  # no per-round AUC for regression
+
+
+def test_auc_per_round_only_when_asked_and_loss_stays_last_for_early_stopping():
+    assert "auc" not in xgb_params("binary", 2, {}, device="cpu", eval_auc=False)["eval_metric"]
+    assert xgb_params("binary", 2, {}, device="cpu", eval_auc=True)["eval_metric"] == ["error", "auc", "logloss"]
+
+
+def test_imbalanced_binary_gets_scale_pos_weight_unless_set_or_disabled():
+    p = xgb_params("binary", 2, {}, device="cpu", eval_auc=False, positive_share=0.002)
+    assert p["scale_pos_weight"] == pytest.approx(499)
+    balanced = xgb_params("binary", 2, {}, device="cpu", eval_auc=False, positive_share=IMBALANCE + 0.2)
+    assert "scale_pos_weight" not in balanced
+    mine = xgb_params("binary", 2, {"scale_pos_weight": 3}, device="cpu", eval_auc=False, positive_share=0.002)
+    assert mine["scale_pos_weight"] == 3
+    off = xgb_params("binary", 2, {}, device="cpu", eval_auc=False, positive_share=0.002, auto_scale_pos_weight=False)
+    assert "scale_pos_weight" not in off
+
+
+def test_xgboost_itself_names_unknown_or_bad_params():
+    check_params({"max_depth": 4, "learning_rate": 0.1, "subsample": 0.8})
+    with pytest.raises(ConfigError, match="unknown XGBoost parameter\\(s\\): max_dpth"):
+        check_params({"max_dpth": 4})
+    with pytest.raises(ConfigError, match="XGBoost refuses them: .*max_depth"):
+        check_params({"max_depth": "deep"})
+    with pytest.raises(ConfigError, match="'nthread' is set from the Dask worker's threads"):
+        check_params({"nthread": 8})
+
+
+def test_workers_get_their_threads_for_openmp(cluster):
+    import os
+
+    assert cluster.device == "cpu" and cluster.kind == "local"
+    env = cluster.client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+    assert list(env.values()) == ["2"]
+    assert worker_env(3)["OMP_NUM_THREADS"] == "3"
+
+
+def test_fit_evaluates_train_and_valid_every_round_and_reports_progress(cluster):
+    events = []
+    params = xgb_params("binary", 2, {"max_depth": 2}, device="cpu", eval_auc=False)
+    booster, history = fit(
+        cluster.client, _dask(2_000, 0), _dask(500, 1), params,
+        num_boost_round=30, early_stopping_rounds=None, progress=events.append, progress_every=10,
+    )
+    assert set(history) == {"train", "valid"}
+    for data in ("train", "valid"):
+        assert {m: len(v) for m, v in history[data].items()} == {"error": 30, "logloss": 30}
+    assert booster.num_boosted_rounds() == 30 and best_iteration(booster, history) == 29
+    assert history["train"]["logloss"][-1] < history["train"]["logloss"][0]
+    import time
+
+    deadline = time.time() + 5
+    while len(events) < 3 and time.time() < deadline:  # events arrive through the scheduler
+        time.sleep(0.05)
+    assert [e["round"] for e in events] == [10, 20, 30]
+    assert events[-1]["valid-logloss"] == pytest.approx(history["valid"]["logloss"][-1])
+
+
+def test_early_stopping_keeps_the_best_round(cluster):
+    params = xgb_params("binary", 2, {"max_depth": 6, "learning_rate": 0.8}, device="cpu", eval_auc=False)
+    booster, history = fit(
+        cluster.client, _dask(300, 2), _dask(300, 3), params,
+        num_boost_round=300, early_stopping_rounds=5,
+    )
+    rounds = len(history["valid"]["logloss"])
+    best = best_iteration(booster, history)
+    assert rounds < 300 and rounds == best + 6
+    assert history["valid"]["logloss"][best] == min(history["valid"]["logloss"])
+    assert booster.num_boosted_rounds() == best + 1
