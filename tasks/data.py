@@ -319,7 +319,8 @@ def encode_features(x: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
                 raise ConfigError(f"data: column '{col}' holds complex numbers")
             if not pd.api.types.is_bool_dtype(s) and np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).any():
                 raise ConfigError(f"data: feature '{col}' has infinite values; replace them first")
-            out[col] = s
+            # XGBoost computes in float32 anyway; floats let a served model take missing values.
+            out[col] = s.astype("float64") if pd.api.types.is_integer_dtype(s) else s
         elif pd.api.types.is_string_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
             text = s.astype("string") if not isinstance(s.dtype, pd.CategoricalDtype) else s
             cats = sorted(str(v) for v in text.dropna().unique())

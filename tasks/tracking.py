@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
+import mlflow.xgboost
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
@@ -184,16 +186,12 @@ def log_dataset(run_id: str, data: pd.DataFrame, *, name: str, source: str, targ
         if source.startswith("builtin:")
         else str(Path(source).resolve())
     )
-    dataset = mlflow.data.from_pandas(data, source=src, name=name, targets=target)
-    MlflowClient().log_inputs(
-        run_id,
-        datasets=[
-            DatasetInput(
-                dataset._to_mlflow_entity(),
-                tags=[InputTag(key="mlflow.data.context", value="training")],
-            )
-        ],
-    )
+    with warnings.catch_warnings():
+        # Hints about integer columns (the encoded target) and ambiguous local sources.
+        warnings.simplefilter("ignore", UserWarning)
+        entity = mlflow.data.from_pandas(data, source=src, name=name, targets=target)._to_mlflow_entity()
+    context = InputTag(key="mlflow.data.context", value="training")
+    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
 
 
 @dataclass(frozen=True)
@@ -209,10 +207,15 @@ def log_xgboost_model(
     input_example: pd.DataFrame,
     *,
     registered_model_name: str | None,
+    metadata: dict[str, Any] | None = None,
 ) -> LoggedModel:
     """Log a Booster in XGBoost's own format (UBJSON) with signature, example and requirements.
 
     Requirements are given explicitly: MLflow's inference of them costs seconds per model.
+    MLflow's pyfunc wrapper builds its DMatrix without `enable_categorical`, so a model with
+    categorical features gets its signature but no input example (MLflow would try, and fail, to
+    serve it); load such a model with `mlflow.xgboost.load_model` and pass categorical dtypes
+    (the categories are in the model's metadata).
     """
     import numpy as np
     import pandas as pd
@@ -221,13 +224,15 @@ def log_xgboost_model(
 
     output = booster.inplace_predict(input_example)
     signature = infer_signature(input_example, output)
+    categorical = any(isinstance(t, pd.CategoricalDtype) for t in input_example.dtypes)
     info = mlflow.xgboost.log_model(
         booster,
         name="model",
         run_id=run_id,
         model_format="ubj",
         signature=signature,
-        input_example=input_example,
+        input_example=None if categorical else input_example,
+        metadata=metadata,
         registered_model_name=registered_model_name,
         pip_requirements=[
             f"xgboost=={xgb.__version__}",

@@ -228,6 +228,9 @@ def log_model(
     """Log the booster to MLflow (XGBoost format, signature, example) and register it."""
     booster = xgb.Booster(model_file=model_path)
     example, _ = read_split(splits["test"], info)
-    logged = tracking.log_xgboost_model(run_id, booster, example.head(5), registered_model_name=model_name)
+    metadata = {"task": info.task, "classes": info.classes, "categories": info.categories}
+    logged = tracking.log_xgboost_model(
+        run_id, booster, example.head(5), registered_model_name=model_name, metadata=metadata
+    )
     get_run_logger().info("Logged model %s (registered %s version %s)", logged.uri, model_name, logged.version)
     return logged

@@ -1,0 +1,110 @@
+"""prefect.yaml for real: a Prefect server on 127.0.0.1, `prefect deploy`, a process worker, and
+a `train` run triggered through the API with a parameter override, found again in MLflow."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.deployment
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "2",
+           "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+    log = (home / "server.log").open("w")
+    proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    else:
+        proc.terminate()
+        pytest.fail("prefect server did not come up: " + (home / "server.log").read_text()[-2000:])
+    yield env
+    proc.terminate()
+    proc.wait(30)
+
+
+def _prefect(env, *args):
+    out = subprocess.run([BIN / "prefect", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    return out.stdout
+
+
+def test_train_deployment_runs_from_the_api_and_lands_in_mlflow(server, store, tmp_path):
+    _prefect(server, "work-pool", "create", "glassbox", "--type", "process")
+    _prefect(server, "--no-prompt", "deploy", "--all")
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "glassbox", "--limit", "1"],
+                              cwd=tmp_path, env=server, stdout=worker_log, stderr=subprocess.STDOUT)
+    try:
+        code = f"""
+import asyncio, json
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+
+async def main():
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("train/train")
+        schema = dep.parameter_openapi_schema
+    run = await run_deployment("train/train", timeout=400, poll_interval=2, parameters={{
+        "preset": "wine", "num_boost_round": 7, "max_depth": 2,
+        "overrides": {dict(store)!r}}})
+    print(json.dumps({{"state": run.state.type.value, "id": str(run.id), "schema": schema}}))
+asyncio.run(main())
+"""
+        out = subprocess.run([sys.executable, "-c", code], env=server, capture_output=True, text=True, timeout=460)
+        assert out.returncode == 0, out.stderr[-3000:]
+        import json
+
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert result["state"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+    # the UI form: typed fields, presets as a choice
+    props = result["schema"]["properties"]
+    assert props["num_boost_round"]["anyOf"][0]["type"] == "integer"
+    assert props["learning_rate"]["anyOf"][0]["type"] == "number"
+    preset = result["schema"]["definitions"]["Preset"]
+    assert preset["enum"] == ["default", "diabetes", "fraud", "wine"]
+    # the MLflow run it made, found by the Prefect flow-run id
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+    from tasks.config import TrackingConfig
+
+    tracking.configure(TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"]))
+    client = MlflowClient()
+    exp = client.get_experiment_by_name("glassbox-wine")
+    (run,) = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{result['id']}'")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.num_boost_round"] == "7"
+    assert run.data.params["train.params.max_depth"] == "2"
+    assert run.data.tags["prefect.deployment"] == "train"
+    assert len(client.get_metric_history(run.info.run_id, "valid-mlogloss")) == 7

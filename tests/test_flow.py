@@ -1,0 +1,138 @@
+"""End-to-end flow runs under Prefect's test harness, checked through MlflowClient."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tasks import tracking
+from tasks.config import ConfigError
+from tests.conftest import penguins_like
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _run(store, preset="default", **kwargs):
+    from flows.train import train
+
+    overrides = {**store, **kwargs.pop("overrides", {})}
+    return train(preset=preset, overrides=overrides, **kwargs)
+
+
+def _points(client, run_id, key):
+    return [m.step for m in client.get_metric_history(run_id, key)]
+
+
+def test_default_preset_run_holds_what_a_user_looks_for(store, client):
+    result = _run(store, num_boost_round=40, overrides={"train.early_stopping_rounds": None})
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    # every config value as a flattened param, plus the effective XGBoost params
+    params = run.data.params
+    assert params["data.source"] == "builtin:breast_cancer"
+    assert params["train.num_boost_round"] == "40"
+    assert params["train.params.max_depth"] == "4"
+    assert params["split.seed"] == "42"
+    assert params["xgb.objective"] == "binary:logistic"
+    assert params["data.task_resolved"] == "binary"
+    # one point per round, train and valid, for each eval metric
+    for key in ("train-logloss", "valid-logloss", "train-error", "valid-error"):
+        assert _points(client, result["run_id"], key) == list(range(40))
+    assert run.data.metrics["rounds_trained"] == 40
+    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_log_loss"):
+        assert 0 <= run.data.metrics[key] <= 1 or key == "test_log_loss"
+    assert run.data.metrics["test_roc_auc"] > 0.95
+    assert run.data.metrics["data_train_share_malignant"] == pytest.approx(0.373, abs=0.01)
+    # Prefect link and tags
+    assert run.data.tags[tracking.PREFECT_RUN_TAG]
+    assert run.data.tags["prefect.flow_run_name"]
+    # the data set as a run input
+    (inp,) = run.inputs.dataset_inputs
+    assert inp.dataset.name == "breast_cancer" and inp.dataset.digest
+    assert '"mean radius"' in inp.dataset.schema
+    # artifacts: the loss curves and the dataset description
+    names = {a.path for a in client.list_artifacts(result["run_id"], "figures")}
+    assert names == {"figures/loss_curves.png"}
+    # the model: XGBoost's own format, signature, registered version
+    version = client.get_model_version("glassbox-breast_cancer", result["model_version"])
+    assert version.run_id == result["run_id"]
+    import mlflow
+
+    local = Path(mlflow.artifacts.download_artifacts(result["model_uri"]))
+    assert (local / "model.ubj").is_file() and (local / "MLmodel").is_file()
+    mlmodel = (local / "MLmodel").read_text()
+    assert "model_format: ubj" in mlmodel and "signature:" in mlmodel
+    assert "xgboost==" in (local / "requirements.txt").read_text()
+    model = mlflow.pyfunc.load_model(result["model_uri"])
+    import pandas as pd
+
+    example = pd.read_json(local / "input_example.json", orient="split")
+    assert model.predict(example).shape == (len(example),)
+    # the workspace is cleaned up
+    assert not (Path(store["data.workspace"]) / result["run_id"]).exists()
+
+
+def test_multiclass_preset(store, client):
+    result = _run(store, "wine", num_boost_round=30)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED" and run.data.params["xgb.num_class"] == "3"
+    assert len(_points(client, result["run_id"], "valid-mlogloss")) == run.data.metrics["rounds_trained"]
+    assert {"test_accuracy", "test_f1_macro", "test_log_loss"} <= set(run.data.metrics)
+    assert run.data.metrics["data_test_share_class_0"] > 0
+
+
+def test_regression_preset(store, client):
+    result = _run(store, "diabetes", num_boost_round=30, learning_rate=0.2)
+    run = client.get_run(result["run_id"])
+    assert run.data.params["train.params.learning_rate"] == "0.2"
+    assert _points(client, result["run_id"], "train-rmse") == _points(client, result["run_id"], "valid-mae")
+    assert run.data.metrics["test_r2"] > 0.2
+
+
+def test_imbalanced_fraud_gets_scale_pos_weight(store, client):
+    result = _run(store, "fraud", num_boost_round=20, overrides={"data.rows": 30_000})
+    run = client.get_run(result["run_id"])
+    spw = float(run.data.params["xgb.scale_pos_weight"])
+    assert 400 < spw < 800
+    assert run.data.metrics["data_train_rows"] == 21_000
+
+
+def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):
+    path = tmp_path / "penguins.csv"
+    penguins_like(300).to_csv(path, index=False)
+    result = _run(store, data_source=str(path), target="species", num_boost_round=60, learning_rate=0.3)
+    run = client.get_run(result["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["data.task_resolved"] == "multiclass"
+    info = client.download_artifacts(result["run_id"], "data/dataset_info.json")
+    text = Path(info).read_text()
+    assert '"Adelie"' in text and '"island"' in text
+    assert run.data.metrics["test_accuracy"] > 0.8
+    # the categories travel with the model, and the native model predicts categorical frames
+    import mlflow
+    import pandas as pd
+
+    model_info = mlflow.models.get_model_info(result["model_uri"])
+    assert model_info.metadata["categories"]["island"] == ["Biscoe", "Dream", "Torgersen"]
+    booster = mlflow.xgboost.load_model(result["model_uri"])
+    frame = penguins_like(10, seed=5).drop(columns="species")
+    for col, cats in model_info.metadata["categories"].items():
+        frame[col] = pd.Categorical(frame[col], categories=cats)
+    assert booster.inplace_predict(frame.astype({"year": float})).shape == (10, 3)
+
+
+def test_bad_input_fails_the_run_with_the_reason_and_keeps_its_params(store, client):
+    with pytest.raises(ConfigError, match="data.target: 'Clas' is not a column; did you mean 'Class'"):
+        _run(store, "fraud", target="Clas", overrides={"data.rows": 2_000})
+    exp = client.get_experiment_by_name("glassbox-fraud")
+    (run,) = client.search_runs([exp.experiment_id], "params.`data.target` = 'Clas'")
+    assert run.info.status == "FAILED"
+    assert "is not a column" in run.data.tags[tracking.FAILURE_TAG]
+    assert run.data.params["data.rows"] == "2000"
+
+
+def test_bad_config_fails_before_any_run_is_created(store, client):
+    with pytest.raises(ConfigError, match="train.params: unknown XGBoost parameter"):
+        _run(store, overrides={"train.params.max_dpth": 3, "tracking.experiment": "never-created"})
+    assert client.get_experiment_by_name("never-created") is None
