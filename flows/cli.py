@@ -52,7 +52,7 @@ def _train(path: Path, overrides: dict[str, Any]) -> int:
     preset = path.stem if path.resolve().parent == CONF_DIR else None
     try:
         result = train(
-            preset=Preset(preset) if preset else Preset.default,
+            preset=Preset(preset) if preset else Preset["default"],
             config_file=None if preset else str(path.resolve()),
             overrides=overrides,
         )
@@ -70,7 +70,8 @@ def _summary(result: dict[str, Any], uri: str) -> str:
     lines = [
         "",
         f"MLflow run: {result['run_id']} (experiment {result['experiment_id']})",
-        f"Model: {result['registered_model']} version {result['model_version']} ({result['model_uri']})",
+        f"Model: {result['registered_model']} version {result['model_version']}"
+        f" ({result['model_uri']})",
         "Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()),
     ]
     if result["url"]:

@@ -71,7 +71,9 @@ def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
 
 
-def load_config(preset_or_file: str = "default", overrides: dict[str, Any] | None = None) -> PipelineConfig:
+def load_config(
+    preset_or_file: str = "default", overrides: dict[str, Any] | None = None
+) -> PipelineConfig:
     """Read a preset or YAML file, apply dotted overrides and validate the result.
 
     Raises:

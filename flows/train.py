@@ -18,7 +18,8 @@ from flows.config import Preset, load_config
 from tasks import tracking
 from tasks.cluster import dask_cluster
 from tasks.config import PipelineConfig
-from tasks.data import dataset_name, load_data, split_data
+from tasks.data import load_data, split_data
+from tasks.datasets import dataset_name
 from tasks.evaluate import evaluate_model
 from tasks.train import check_params, log_model, train_model
 
@@ -44,7 +45,9 @@ def _config_from_parameters(params: dict[str, Any]) -> PipelineConfig:
     preset = getattr(preset, "value", preset)
     # An empty form field means "as the preset says"; `overrides` may set None on purpose.
     chosen = {k: v for k, v in named.items() if v is not None}
-    return load_config(params.get("config_file") or preset, {**(params.get("overrides") or {}), **chosen})
+    return load_config(
+        params.get("config_file") or preset, {**(params.get("overrides") or {}), **chosen}
+    )
 
 
 @flow(name="train", on_crashed=[_end_mlflow_run], on_cancellation=[_end_mlflow_run])
@@ -75,9 +78,14 @@ def train(
     """
     cfg = _config_from_parameters(
         {
-            "preset": preset, "data_source": data_source, "target": target,
-            "num_boost_round": num_boost_round, "max_depth": max_depth,
-            "learning_rate": learning_rate, "overrides": overrides, "config_file": config_file,
+            "preset": preset,
+            "data_source": data_source,
+            "target": target,
+            "num_boost_round": num_boost_round,
+            "max_depth": max_depth,
+            "learning_rate": learning_rate,
+            "overrides": overrides,
+            "config_file": config_file,
         }
     )
     return run_pipeline(cfg)
@@ -108,12 +116,20 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         loading = load_data.submit(cfg.data, str(workspace), run.run_id)
         with dask_cluster(cfg.cluster) as cluster:
             if cluster.dashboard:
-                get_run_logger().info("Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard)
+                get_run_logger().info(
+                    "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
+                )
             info = loading.result()
             splits = split_data(info, cfg.split, str(workspace), run.run_id)
             trained = train_model(cluster, info, splits, cfg.train, str(workspace), run.run_id)
             scores = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
-        logged = log_model(trained["model"], info, splits, cfg.tracking.model_name or f"glassbox-{name}", run.run_id)
+        logged = log_model(
+            trained["model"],
+            info,
+            splits,
+            cfg.tracking.model_name or f"glassbox-{name}",
+            run.run_id,
+        )
         shutil.rmtree(workspace, ignore_errors=True)
         result = {
             "run_id": run.run_id,
@@ -128,7 +144,9 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     return result
 
 
-def _report(run: tracking.RunRef, cfg: PipelineConfig, result: dict[str, Any] | None = None) -> None:
+def _report(
+    run: tracking.RunRef, cfg: PipelineConfig, result: dict[str, Any] | None = None
+) -> None:
     """The Prefect run's pointer to its MLflow run (and, when done, the headline results)."""
     where = (
         f"[open in MLflow]({run.url})"
@@ -138,7 +156,14 @@ def _report(run: tracking.RunRef, cfg: PipelineConfig, result: dict[str, Any] | 
     )
     lines = [f"## MLflow run `{run.run_id}`", "", f"Experiment {run.experiment_id}: {where}"]
     if result:
-        lines += ["", f"Registered model **{result['registered_model']}** version {result['model_version']}",
-                  "", "| metric | value |", "|---|---|"]
+        lines += [
+            "",
+            f"Registered model **{result['registered_model']}** version {result['model_version']}",
+            "",
+            "| metric | value |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()]
-    create_markdown_artifact(key="mlflow-run", markdown="\n".join(lines), description="MLflow run of this flow run")
+    create_markdown_artifact(
+        key="mlflow-run", markdown="\n".join(lines), description="MLflow run of this flow run"
+    )

@@ -11,8 +11,10 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
+import dask
+import xgboost as xgb
 from distributed import Client, LocalCluster
 
 from tasks.config import ClusterConfig, ConfigError
@@ -45,10 +47,46 @@ def worker_env(threads: int) -> dict[str, str]:
     """Thread settings for worker processes.
 
     Dask sets `OMP_NUM_THREADS=1` in workers, which halves XGBoost's native speed (training,
-    prediction, SHAP) on a 2-core machine: hand the worker's threads to OpenMP instead.
+    prediction, SHAP) on a 2-core machine: hand the worker's threads to OpenMP instead. They
+    must be in place before the worker process starts (`pre-spawn-environ`): OpenMP reads them
+    once, when it loads, so setting them in a running worker has no effect.
     """
     n = str(threads)
     return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "OPENBLAS_NUM_THREADS": n}
+
+
+def _local_config(threads: int) -> dict[str, object]:
+    """Dask settings for the workers of a local cluster."""
+    spawn = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_env(threads).items()}
+    # The worker's statistical profiler samples every 10 ms; with XGBoost's OpenMP threads on
+    # every core, each sample stalls a parallel loop at its barrier.
+    return {
+        **spawn,
+        "distributed.worker.profile.enabled": False,
+        # Imported while the worker starts (which overlaps data loading), not by the first task.
+        "distributed.worker.preload": ["xgboost.dask", "dask.dataframe"],
+        "logging.distributed": "warning",
+    }
+
+
+class WorkerProgress(xgb.callback.TrainingCallback):
+    """Publishes the latest evaluation results every `every` rounds, from the worker that
+    trains to clients subscribed to `topic` (`Client.subscribe_topic`).
+
+    It lives here, not beside the training task, because workers unpickle it: its module must
+    not import Prefect or MLflow (seconds of imports in every fresh worker).
+    """
+
+    def __init__(self, topic: str, every: int) -> None:
+        self.topic, self.every = topic, every
+
+    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
+        if (epoch + 1) % self.every == 0 and xgb.collective.get_rank() == 0:
+            from distributed import get_worker
+
+            latest = {f"{d}-{m}": v[-1] for d, ms in evals_log.items() for m, v in ms.items()}
+            get_worker().log_event(self.topic, {"round": epoch + 1, **latest})
+        return False
 
 
 @contextmanager
@@ -59,8 +97,13 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if cfg.kind == "address":
         with Client(cfg.address, timeout="30s") as client:
-            has_gpu = any(w.get("resources", {}).get("GPU") for w in client.scheduler_info()["workers"].values())
-            yield ClusterHandle(client, "cuda" if has_gpu else "cpu", "address", client.dashboard_link)
+            has_gpu = any(
+                w.get("resources", {}).get("GPU")
+                for w in client.scheduler_info()["workers"].values()
+            )
+            yield ClusterHandle(
+                client, "cuda" if has_gpu else "cpu", "address", client.dashboard_link
+            )
         return
 
     n_gpus = gpu_count() if cfg.kind in ("auto", "cuda") else 0
@@ -75,25 +118,25 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
 
         n_workers = cfg.n_workers or n_gpus
         threads = cfg.threads_per_worker or max(1, cores // n_workers)
-        cluster: LocalCluster = LocalCUDACluster(
-            n_workers=n_workers,
-            threads_per_worker=threads,
-            host="127.0.0.1",
-            dashboard_address=dashboard,
-            env=worker_env(threads),
-        )
+        with dask.config.set(_local_config(threads)):
+            cluster: LocalCluster = LocalCUDACluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                host="127.0.0.1",
+                dashboard_address=dashboard,
+            )
         device: Device = "cuda"
     else:
         n_workers = cfg.n_workers or 1
         threads = cfg.threads_per_worker or max(1, cores // n_workers)
-        cluster = LocalCluster(
-            n_workers=n_workers,
-            threads_per_worker=threads,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=dashboard,
-            env=worker_env(threads),
-        )
+        with dask.config.set(_local_config(threads)):
+            cluster = LocalCluster(
+                n_workers=n_workers,
+                threads_per_worker=threads,
+                processes=True,
+                host="127.0.0.1",
+                dashboard_address=dashboard,
+            )
         device = "cpu"
     with cluster, Client(cluster) as client:
         link = client.dashboard_link if cfg.dashboard else None

@@ -29,9 +29,7 @@ class DataConfig(_Stage):
         description="`builtin:<name>` (breast_cancer, wine, iris, digits, diabetes, fraud) "
         "or a path to a .csv or .parquet file",
     )
-    target: str | None = Field(
-        None, description="target column; built-in data sets know their own"
-    )
+    target: str | None = Field(None, description="target column; built-in data sets know their own")
     task: Literal["auto", "binary", "multiclass", "regression"] = "auto"
     id_column: str | None = Field(
         None, description="column holding row ids; default: the row's position in the input"

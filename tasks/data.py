@@ -6,7 +6,6 @@ run's workspace (stages exchange files, not pickled frames) and log through `tas
 
 from __future__ import annotations
 
-import csv
 import difflib
 import json
 from collections import Counter
@@ -21,19 +20,10 @@ from sklearn.model_selection import train_test_split
 
 from tasks import tracking
 from tasks.config import ConfigError, DataConfig, SplitConfig, TaskType
+from tasks.datasets import load_source
 
 ROW_ID = "row_id"
 SPLITS = ("train", "valid", "test")
-FRAUD_ROWS = 284_807
-FRAUD_POSITIVE_RATE = 492 / 284_807
-_SKLEARN_BUILTINS = {
-    "breast_cancer": "load_breast_cancer",
-    "wine": "load_wine",
-    "iris": "load_iris",
-    "digits": "load_digits",
-    "diabetes": "load_diabetes",
-}
-BUILTINS = (*_SKLEARN_BUILTINS, "fraud")
 # Integer targets with at most this many distinct values are taken as classes under task=auto.
 MAX_AUTO_CLASSES = 20
 
@@ -60,109 +50,6 @@ class DatasetInfo:
 
 
 # --------------------------------------------------------------------------------------------
-# Loading
-
-
-def make_fraud(
-    n_rows: int = FRAUD_ROWS, *, positive_rate: float = FRAUD_POSITIVE_RATE, seed: int = 0
-) -> pd.DataFrame:
-    """A synthetic data set shaped like the public credit-card-fraud data.
-
-    Columns `Time, V1..V28, Amount, Class`: `Time` in seconds over two days with fewer
-    transactions at night, `V1..V28` PCA-like components with decreasing variance, `Amount`
-    log-normal, `Class` 1 for fraud (about 0.17% of rows). Frauds are shifted along a handful of
-    components by a random strength, so some are easy to catch and some look legitimate.
-    """
-    rng = np.random.default_rng(seed)
-    n_pos = max(2, round(n_rows * positive_rate))
-    y = np.zeros(n_rows, dtype=np.int64)
-    pos = rng.choice(n_rows, n_pos, replace=False)
-    y[pos] = 1
-
-    # Diurnal traffic: accept uniform times with a probability that dips at night.
-    draws = rng.uniform(0, 172_792, 3 * n_rows)
-    keep = rng.uniform(size=draws.size) < 0.55 + 0.45 * np.sin(2 * np.pi * (draws / 86_400 - 0.3))
-    times = np.sort(draws[keep][:n_rows])
-    rng.shuffle(times[pos])  # frauds happen at any hour
-
-    std = np.linspace(1.95, 0.33, 28)
-    v = rng.standard_normal((n_rows, 28)) * std
-    shift = np.zeros(28)
-    shift[[13, 11, 9, 16, 2, 15, 6]] = [-4.5, -3.5, -3.0, -3.0, -2.5, -2.0, -1.5]
-    shift[[3, 10, 1]] = [2.5, 2.0, 1.5]
-    strength = rng.uniform(0.15, 1.3, n_pos)
-    v[pos] += strength[:, None] * shift * std + rng.normal(0, 0.5, (n_pos, 28)) * std
-
-    amount = np.round(np.exp(rng.normal(3.0, 1.4, n_rows)), 2)
-    small = rng.uniform(size=n_pos) < 0.4
-    amount[pos] = np.where(small, 1.0, np.round(np.exp(rng.normal(3.6, 1.8, n_pos)), 2))
-
-    frame = pd.DataFrame(v, columns=[f"V{i}" for i in range(1, 29)])
-    frame.insert(0, "Time", np.round(times))
-    frame["Amount"] = amount
-    frame["Class"] = y
-    return frame
-
-
-def dataset_name(source: str) -> str:
-    """`builtin:fraud` -> `fraud`; `/data/penguins.csv` -> `penguins`."""
-    return source.removeprefix("builtin:") if source.startswith("builtin:") else Path(source).stem
-
-
-def load_source(
-    source: str, *, rows: int | None = None, seed: int = 0
-) -> tuple[pd.DataFrame, str | None, str]:
-    """Load `builtin:<name>`, a .csv or a .parquet file.
-
-    Returns:
-        The frame, the data set's own target column (built-ins) or None, and the data set name.
-    """
-    if source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
-        if name not in BUILTINS:
-            raise ConfigError(
-                f"data.source: unknown built-in data set '{name}'; available: {', '.join(BUILTINS)}"
-            )
-        if rows is not None and name != "fraud":
-            raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")
-        if name == "fraud":
-            return make_fraud(rows or FRAUD_ROWS, seed=seed), "Class", name
-        return (*_load_sklearn(name), name)
-    if rows is not None:
-        raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"data.source: file not found: {source}")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        _check_csv_header(path)
-        return pd.read_csv(path), None, path.stem
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path), None, path.stem
-    raise ConfigError(f"data.source: '{source}' is not a .csv or .parquet file")
-
-
-def _load_sklearn(name: str) -> tuple[pd.DataFrame, str]:
-    import sklearn.datasets
-
-    bunch = getattr(sklearn.datasets, _SKLEARN_BUILTINS[name])(as_frame=True)
-    frame = bunch.frame
-    if name != "diabetes":
-        # Keep sklearn's class order and give the classes their names.
-        frame["target"] = pd.Categorical.from_codes(frame["target"], list(bunch.target_names))
-    return frame, "target"
-
-
-def _check_csv_header(path: Path) -> None:
-    # pandas silently renames a repeated header ("x" -> "x.1"), so look before it does.
-    with path.open(newline="") as fh:
-        header = next(csv.reader(fh), [])
-    dupes = [c for c, n in Counter(header).items() if n > 1]
-    if dupes:
-        raise ConfigError(f"data.source: duplicate column names in {path.name}: {', '.join(dupes)}")
-
-
-# --------------------------------------------------------------------------------------------
 # Validation and encoding
 
 
@@ -184,7 +71,9 @@ def prepare(
         raise ConfigError(f"data: duplicate column names: {', '.join(dupes)}")
     target = cfg.target or default_target
     if target is None:
-        raise ConfigError(f"data.target is required for {cfg.source}; columns: {', '.join(columns)}")
+        raise ConfigError(
+            f"data.target is required for {cfg.source}; columns: {', '.join(columns)}"
+        )
     for key, col in [("data.target", target), ("data.id_column", cfg.id_column)]:
         if col is not None and col not in frame.columns:
             raise ConfigError(f"{key}: {_not_a_column(col, columns)}")
@@ -273,9 +162,11 @@ def encode_target(
         return y.astype("float64"), []
     if positive_class is not None and task != "binary":
         raise ConfigError("data.positive_class only applies to binary targets")
-    labels = list(y.cat.remove_unused_categories().cat.categories) if isinstance(
-        y.dtype, pd.CategoricalDtype
-    ) else sorted(y.unique().tolist())
+    labels = (
+        list(y.cat.remove_unused_categories().cat.categories)
+        if isinstance(y.dtype, pd.CategoricalDtype)
+        else sorted(y.unique().tolist())
+    )
     names = [str(v) for v in labels]
     if len(names) < 2:
         raise ConfigError(
@@ -306,7 +197,8 @@ def encode_features(x: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
     bad_names = [c for c in x.columns if any(ch in str(c) for ch in "[]<")]
     if bad_names:
         raise ConfigError(
-            f"data: XGBoost does not accept '[', ']' or '<' in feature names: {', '.join(bad_names)}"
+            "data: XGBoost does not accept '[', ']' or '<' in feature names: "
+            + ", ".join(bad_names)
         )
     out: dict[str, pd.Series] = {}
     categories: dict[str, list[str]] = {}
@@ -317,7 +209,10 @@ def encode_features(x: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
         ):
             if pd.api.types.is_complex_dtype(s):
                 raise ConfigError(f"data: column '{col}' holds complex numbers")
-            if not pd.api.types.is_bool_dtype(s) and np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).any():
+            if (
+                not pd.api.types.is_bool_dtype(s)
+                and np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).any()
+            ):
                 raise ConfigError(f"data: feature '{col}' has infinite values; replace them first")
             # XGBoost computes in float32 anyway; floats let a served model take missing values.
             out[col] = s.astype("float64") if pd.api.types.is_integer_dtype(s) else s
@@ -336,9 +231,7 @@ def encode_features(x: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]
     return pd.DataFrame(out, index=x.index), categories
 
 
-def split_frame(
-    data: pd.DataFrame, info: DatasetInfo, cfg: SplitConfig
-) -> dict[str, pd.DataFrame]:
+def split_frame(data: pd.DataFrame, info: DatasetInfo, cfg: SplitConfig) -> dict[str, pd.DataFrame]:
     """Seeded train/valid/test split, stratified on the target for classification."""
     y = data[info.target]
     stratify = info.task != "regression"
@@ -398,8 +291,12 @@ def load_data(cfg: DataConfig, workspace: str, run_id: str) -> DatasetInfo:
     tracking.log_text(run_id, info.to_json(), "data/dataset_info.json")
     tracking.log_params(run_id, {"data.task_resolved": info.task, "data.rows_loaded": info.n_rows})
     get_run_logger().info(
-        "Loaded %s: %d rows, %d features, task %s%s", name, info.n_rows, len(info.features),
-        info.task, f", classes {info.classes}" if info.classes else "",
+        "Loaded %s: %d rows, %d features, task %s%s",
+        name,
+        info.n_rows,
+        len(info.features),
+        info.task,
+        f", classes {info.classes}" if info.classes else "",
     )
     return info
 

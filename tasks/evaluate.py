@@ -1,10 +1,11 @@
-"""Evaluate stage: test-set predictions computed once on the cluster, metrics and figures from them."""
+"""Evaluate stage: test-set predictions computed once on the cluster; metrics and figures."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+from matplotlib.figure import Figure  # no pyplot: no backend, no global figure registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sklearn import metrics as skm
@@ -13,8 +14,6 @@ from tasks import tracking
 from tasks.cluster import ClusterHandle
 from tasks.config import EvaluateConfig, TaskType
 from tasks.data import DatasetInfo
-
-from matplotlib.figure import Figure  # no pyplot: no backend, no global figure registry
 
 
 def test_metrics(
@@ -49,7 +48,9 @@ def test_metrics(
     labels = list(range(y_proba.shape[1]))
     return {
         "test_accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "test_f1_macro": float(skm.f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)),
+        "test_f1_macro": float(
+            skm.f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)
+        ),
         "test_log_loss": float(skm.log_loss(y_true, y_proba, labels=labels)),
     }
 
@@ -68,13 +69,21 @@ def loss_curves_figure(
         for data, values in history.items():
             ax.plot(np.arange(1, len(values[metric]) + 1), values[metric], label=data, lw=1.8)
         if best_iteration is not None:
-            ax.axvline(best_iteration + 1, color="0.4", ls="--", lw=1, label=f"best round ({best_iteration + 1})")
+            ax.axvline(
+                best_iteration + 1,
+                color="0.4",
+                ls="--",
+                lw=1,
+                label=f"best round ({best_iteration + 1})",
+            )
         ax.set(title=f"{metric} per boosting round", xlabel="boosting round", ylabel=metric)
         ax.legend()
     return fig
 
 
-def predict(cluster: ClusterHandle, model_path: str, info: DatasetInfo, path: str) -> tuple[np.ndarray, np.ndarray]:
+def predict(
+    cluster: ClusterHandle, model_path: str, info: DatasetInfo, path: str
+) -> tuple[np.ndarray, np.ndarray]:
     """Predictions for one split, computed on the cluster; only the arrays come back."""
     import dask.dataframe as dd
     import xgboost as xgb
@@ -89,13 +98,21 @@ def predict(cluster: ClusterHandle, model_path: str, info: DatasetInfo, path: st
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
 def evaluate_model(
-    cluster: ClusterHandle, trained: dict[str, Any], info: DatasetInfo, splits: dict[str, str],
-    cfg: EvaluateConfig, run_id: str,
+    cluster: ClusterHandle,
+    trained: dict[str, Any],
+    info: DatasetInfo,
+    splits: dict[str, str],
+    cfg: EvaluateConfig,
+    run_id: str,
 ) -> dict[str, float]:
     """Predict the test set on the cluster; log test metrics and the loss curves."""
     y_true, y_proba = predict(cluster, trained["model"], info, splits["test"])
     scores = test_metrics(info.task, y_true, y_proba, threshold=cfg.threshold)
     tracking.log_metrics(run_id, scores)
-    tracking.log_figure(run_id, loss_curves_figure(trained["history"], trained["best_iteration"]), "figures/loss_curves.png")
+    tracking.log_figure(
+        run_id,
+        loss_curves_figure(trained["history"], trained["best_iteration"]),
+        "figures/loss_curves.png",
+    )
     get_run_logger().info("Test set: %s", ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
     return scores

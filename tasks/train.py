@@ -20,7 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
-from tasks.cluster import ClusterHandle
+from tasks.cluster import ClusterHandle, WorkerProgress
 from tasks.config import ConfigError, TaskType, TrainConfig
 from tasks.data import DatasetInfo, read_split
 
@@ -32,8 +32,12 @@ _OBJECTIVES: dict[TaskType, tuple[str, list[str]]] = {
 }
 _AUC = {"binary": "auc", "multiclass": "auc"}
 # Parameters Glassbox sets from the cluster and the data; users configure them elsewhere.
-_MANAGED = {"nthread": "the Dask worker's threads", "n_jobs": "the Dask worker's threads",
-            "device": "cluster.kind", "num_class": "the data"}
+_MANAGED = {
+    "nthread": "the Dask worker's threads",
+    "n_jobs": "the Dask worker's threads",
+    "device": "cluster.kind",
+    "num_class": "the data",
+}
 IMBALANCE = 0.10  # positive share under which scale_pos_weight is set automatically
 
 
@@ -101,21 +105,6 @@ def check_params(params: dict[str, Any]) -> None:
         raise ConfigError(f"train.params: unknown XGBoost parameter(s): {', '.join(unused)}")
 
 
-class _Progress(xgb.callback.TrainingCallback):
-    """Publishes the latest metrics every `every` rounds from the worker to the client."""
-
-    def __init__(self, topic: str, every: int) -> None:
-        self.topic, self.every = topic, every
-
-    def after_iteration(self, model: Any, epoch: int, evals_log: Any) -> bool:
-        if (epoch + 1) % self.every == 0 and xgb.collective.get_rank() == 0:
-            from distributed import get_worker
-
-            latest = {f"{d}-{m}": v[-1] for d, ms in evals_log.items() for m, v in ms.items()}
-            get_worker().log_event(self.topic, {"round": epoch + 1, **latest})
-        return False
-
-
 def fit(
     client: Client,
     train: tuple[Any, Any],
@@ -143,11 +132,13 @@ def fit(
     callbacks: list[xgb.callback.TrainingCallback] = []
     if early_stopping_rounds:
         callbacks.append(
-            xgb.callback.EarlyStopping(rounds=early_stopping_rounds, data_name="valid", save_best=True)
+            xgb.callback.EarlyStopping(
+                rounds=early_stopping_rounds, data_name="valid", save_best=True
+            )
         )
     topic = f"glassbox-progress-{time.monotonic_ns()}"
     if progress is not None:
-        callbacks.append(_Progress(topic, progress_every))
+        callbacks.append(WorkerProgress(topic, progress_every))
         client.subscribe_topic(topic, lambda event: progress(event[1]))
     try:
         out = dxgb.train(
@@ -162,7 +153,10 @@ def fit(
     finally:
         if progress is not None:
             client.unsubscribe_topic(topic)
-    history = {d: {m: [float(v) for v in vals] for m, vals in ms.items()} for d, ms in out["history"].items()}
+    history = {
+        d: {m: [float(v) for v in vals] for m, vals in ms.items()}
+        for d, ms in out["history"].items()
+    }
     return out["booster"], history
 
 
@@ -180,33 +174,55 @@ def best_iteration(booster: xgb.Booster, history: dict[str, dict[str, list[float
 
 @task(name="train-xgboost", cache_policy=NO_CACHE)
 def train_model(
-    cluster: ClusterHandle, info: DatasetInfo, splits: dict[str, str], cfg: TrainConfig,
-    workspace: str, run_id: str,
+    cluster: ClusterHandle,
+    info: DatasetInfo,
+    splits: dict[str, str],
+    cfg: TrainConfig,
+    workspace: str,
+    run_id: str,
 ) -> dict[str, Any]:
     """Train on the cluster, log params and per-round history; return the model path and history."""
     logger = get_run_logger()
     positive_share = None
     if info.task == "binary":
-        positive_share = float(pd.read_parquet(splits["train"], columns=[info.target])[info.target].mean())
-    params = xgb_params(info.task, len(info.classes), cfg.params, device=cluster.device,
-                        eval_auc=cfg.eval_auc, positive_share=positive_share,
-                        auto_scale_pos_weight=cfg.auto_scale_pos_weight)
+        positive_share = float(
+            pd.read_parquet(splits["train"], columns=[info.target])[info.target].mean()
+        )
+    params = xgb_params(
+        info.task,
+        len(info.classes),
+        cfg.params,
+        device=cluster.device,
+        eval_auc=cfg.eval_auc,
+        positive_share=positive_share,
+        auto_scale_pos_weight=cfg.auto_scale_pos_weight,
+    )
     tracking.log_params(run_id, {f"xgb.{k}": v for k, v in params.items()})
     start = time.perf_counter()
     booster, history = fit(
-        cluster.client, _dask_split(splits["train"], info), _dask_split(splits["valid"], info),
-        params, num_boost_round=cfg.num_boost_round, early_stopping_rounds=cfg.early_stopping_rounds,
-        progress=lambda p: logger.info("round %s: %s", p["round"], _fmt(p)), progress_every=cfg.log_every,
+        cluster.client,
+        _dask_split(splits["train"], info),
+        _dask_split(splits["valid"], info),
+        params,
+        num_boost_round=cfg.num_boost_round,
+        early_stopping_rounds=cfg.early_stopping_rounds,
+        progress=lambda p: logger.info("round %s: %s", p["round"], _fmt(p)),
+        progress_every=cfg.log_every,
     )
     seconds = time.perf_counter() - start
     best = best_iteration(booster, history)
     rounds = len(next(iter(history["train"].values())))
     tracking.log_history(run_id, history)
     final = {f"best_{d}-{m}": v[best] for d, ms in history.items() for m, v in ms.items()}
-    tracking.log_metrics(run_id, {"best_iteration": best, "rounds_trained": rounds, "train_seconds": seconds, **final})
+    tracking.log_metrics(
+        run_id,
+        {"best_iteration": best, "rounds_trained": rounds, "train_seconds": seconds, **final},
+    )
     path = str(Path(workspace) / "model.ubj")
     booster.save_model(path)
-    logger.info("Trained %d rounds in %.1fs; best round %d: %s", rounds, seconds, best + 1, _fmt(final))
+    logger.info(
+        "Trained %d rounds in %.1fs; best round %d: %s", rounds, seconds, best + 1, _fmt(final)
+    )
     return {"model": path, "best_iteration": best, "history": history}
 
 
@@ -232,5 +248,7 @@ def log_model(
     logged = tracking.log_xgboost_model(
         run_id, booster, example.head(5), registered_model_name=model_name, metadata=metadata
     )
-    get_run_logger().info("Logged model %s (registered %s version %s)", logged.uri, model_name, logged.version)
+    get_run_logger().info(
+        "Logged model %s (registered %s version %s)", logged.uri, model_name, logged.version
+    )
     return logged

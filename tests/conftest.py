@@ -38,7 +38,9 @@ def client(store):
     from tasks import tracking
     from tasks.config import TrackingConfig
 
-    tracking.configure(TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"]))
+    tracking.configure(
+        TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"])
+    )
     return MlflowClient()
 
 
@@ -46,14 +48,22 @@ def penguins_like(n: int = 300, seed: int = 0) -> pd.DataFrame:
     """A small data set with a string target, string categoricals and missing values."""
     rng = np.random.default_rng(seed)
     species = rng.choice(["Adelie", "Chinstrap", "Gentoo"], n)
-    island = np.where(species == "Gentoo", "Biscoe", rng.choice(["Dream", "Torgersen", "Biscoe"], n))
+    island = np.where(
+        species == "Gentoo", "Biscoe", rng.choice(["Dream", "Torgersen", "Biscoe"], n)
+    )
     base = {"Adelie": 38.8, "Chinstrap": 48.8, "Gentoo": 47.5}
     bill = np.array([base[s] for s in species]) + rng.normal(0, 2.5, n)
     depth = np.where(species == "Gentoo", 15.0, 18.4) + rng.normal(0, 1.0, n)
     sex = rng.choice(["male", "female", None], n, p=[0.48, 0.48, 0.04])
     frame = pd.DataFrame(
-        {"species": species, "island": island, "bill_length_mm": bill,
-         "bill_depth_mm": depth, "sex": sex, "year": rng.choice([2007, 2008, 2009], n)}
+        {
+            "species": species,
+            "island": island,
+            "bill_length_mm": bill,
+            "bill_depth_mm": depth,
+            "sex": sex,
+            "year": rng.choice([2007, 2008, 2009], n),
+        }
     )
     frame.loc[rng.choice(n, 5, replace=False), "bill_length_mm"] = np.nan
     return frame

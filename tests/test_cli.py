@@ -21,14 +21,17 @@ def api_env(prefect_harness):
 
 
 def _glassbox(*args: str, env=None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([GLASSBOX, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [GLASSBOX, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_bad_config_key_fails_in_one_line_before_anything_starts():
     out = _glassbox("train", "--set", "train.num_boost_roun=5")
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        "glassbox: invalid config: train.num_boost_roun: unknown key (did you mean 'num_boost_round'?)"
+        "glassbox: invalid config: train.num_boost_roun: unknown key "
+        "(did you mean 'num_boost_round'?)"
     )
     assert "Prefect" not in out.stdout + out.stderr
 
@@ -43,22 +46,37 @@ def _tracking_args(store):
 
 
 def test_data_error_inside_the_flow_is_one_line_without_traceback(api_env, store):
-    out = _glassbox("train", "fraud", "--set", "data.target=Clas", "--set", "data.rows=2000",
-                    *_tracking_args(store), env=api_env)
+    out = _glassbox(
+        "train",
+        "fraud",
+        "--set",
+        "data.target=Clas",
+        "--set",
+        "data.rows=2000",
+        *_tracking_args(store),
+        env=api_env,
+    )
     assert out.returncode == 2
     assert "Traceback" not in out.stdout + out.stderr
     assert out.stderr.strip().splitlines()[-1] == (
         "glassbox: data.target: 'Clas' is not a column; did you mean 'Class'? (columns: Time, V1, "
-        "V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17, V18, V19, V20, V21, "
+        "V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17, V18, V19, V20, "
+        "V21, "
         "V22, V23, V24, V25, V26, V27, V28, Amount, Class)"
     )
 
 
 def test_train_prints_the_run_id_and_where_to_look(api_env, store, client):
-    out = _glassbox("train", "conf/default.yaml", "--set", "train.num_boost_round=5",
-                    *_tracking_args(store), env=api_env)
+    out = _glassbox(
+        "train",
+        "conf/default.yaml",
+        "--set",
+        "train.num_boost_round=5",
+        *_tracking_args(store),
+        env=api_env,
+    )
     assert out.returncode == 0, out.stderr[-2000:]
-    line = next(l for l in out.stdout.splitlines() if l.startswith("MLflow run: "))
+    line = next(x for x in out.stdout.splitlines() if x.startswith("MLflow run: "))
     run_id = line.split()[2]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert f"/runs/{run_id}" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout

@@ -18,7 +18,10 @@ def test_preset_can_be_named_by_path():
 
 
 def test_unknown_key_is_named_with_a_suggestion():
-    with pytest.raises(ConfigError, match=r"train\.num_boost_roun: unknown key \(did you mean 'num_boost_round'\?\)"):
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.num_boost_roun: unknown key \(did you mean 'num_boost_round'\?\)",
+    ):
         load_config("default", {"train.num_boost_roun": 5})
 
 
@@ -59,9 +62,15 @@ def test_config_is_frozen():
 
 def test_assignments_parse_yaml_scalars():
     assert parse_assignment("train.num_boost_round=50") == ("train.num_boost_round", 50)
-    assert parse_assignment("train.params.learning_rate=0.05") == ("train.params.learning_rate", 0.05)
+    assert parse_assignment("train.params.learning_rate=0.05") == (
+        "train.params.learning_rate",
+        0.05,
+    )
     assert parse_assignment("data.target=species") == ("data.target", "species")
-    assert parse_assignment("train.early_stopping_rounds=null") == ("train.early_stopping_rounds", None)
+    assert parse_assignment("train.early_stopping_rounds=null") == (
+        "train.early_stopping_rounds",
+        None,
+    )
     with pytest.raises(ConfigError, match="expected key=value"):
         parse_assignment("train.num_boost_round")
 
@@ -79,4 +88,7 @@ def test_unknown_preset_or_missing_file():
 
 
 def test_null_override_turns_an_option_off():
-    assert load_config("default", {"train.early_stopping_rounds": None}).train.early_stopping_rounds is None
+    assert (
+        load_config("default", {"train.early_stopping_rounds": None}).train.early_stopping_rounds
+        is None
+    )

@@ -6,17 +6,15 @@ import pytest
 
 from tasks.config import ConfigError, DataConfig, SplitConfig
 from tasks.data import (
-    FRAUD_ROWS,
     detect_task,
     encode_features,
     encode_target,
-    load_source,
-    make_fraud,
     prepare,
     read_split,
     split_frame,
     split_summary,
 )
+from tasks.datasets import FRAUD_ROWS, load_source, make_fraud
 from tests.conftest import penguins_like
 
 
@@ -29,7 +27,7 @@ def test_fraud_data_has_the_credit_card_shape():
     assert len(frame) == FRAUD_ROWS
     assert list(frame.columns) == ["Time", *[f"V{i}" for i in range(1, 29)], "Amount", "Class"]
     assert frame["Class"].sum() == 492
-    assert 0 <= frame["Time"].min() and frame["Time"].max() <= 172_792
+    assert frame["Time"].min() >= 0 and frame["Time"].max() <= 172_792
     assert frame["Amount"].min() >= 0
 
 
@@ -40,14 +38,18 @@ def test_fraud_data_is_seeded():
 
 def test_builtins_know_their_target_and_class_names():
     frame, target, name = load_source("builtin:breast_cancer")
-    data, info = prepare(frame, DataConfig(source="builtin:breast_cancer"), default_target=target, name=name)
+    data, info = prepare(
+        frame, DataConfig(source="builtin:breast_cancer"), default_target=target, name=name
+    )
     assert (info.task, info.classes, info.target) == ("binary", ["malignant", "benign"], "target")
     # sklearn's coding is kept: 0 = malignant
     assert data[info.target].value_counts().to_dict() == {1: 357, 0: 212}
 
 
 def test_unknown_builtin_lists_the_available_ones():
-    with pytest.raises(ConfigError, match="unknown built-in data set 'cancer'; available: breast_cancer, wine"):
+    with pytest.raises(
+        ConfigError, match="unknown built-in data set 'cancer'; available: breast_cancer, wine"
+    ):
         load_source("builtin:cancer")
 
 
@@ -58,7 +60,10 @@ def test_missing_file_is_named(tmp_path):
 
 def test_missing_target_lists_columns_and_suggests_the_closest():
     frame = make_fraud(1_000)
-    with pytest.raises(ConfigError, match=r"data.target: 'Clas' is not a column; did you mean 'Class'\? \(columns: Time, V1, V2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.target: 'Clas' is not a column; did you mean 'Class'\? \(columns: Time, V1,",
+    ):
         _prepare(frame, target="Clas")
 
 
@@ -76,7 +81,9 @@ def test_empty_data_is_refused():
 def test_nan_or_inf_labels_are_refused_with_their_rows(bad):
     frame = pd.DataFrame({"a": range(10), "y": [0.0, 1.0] * 5})
     frame.loc[[3, 7], "y"] = bad
-    with pytest.raises(ConfigError, match=r"data.target 'y' has 2 missing or infinite values \(rows 3, 7\)"):
+    with pytest.raises(
+        ConfigError, match=r"data.target 'y' has 2 missing or infinite values \(rows 3, 7\)"
+    ):
         _prepare(frame, target="y")
 
 
@@ -139,7 +146,9 @@ def test_string_labels_are_encoded_in_sorted_order_and_positive_class_moves_to_o
     assert classes == ["fraud", "legit"] and codes.tolist() == [1, 0, 1, 1]
     codes, classes = encode_target(y, "binary", target="y", positive_class="fraud")
     assert classes == ["legit", "fraud"] and codes.tolist() == [0, 1, 0, 0]
-    with pytest.raises(ConfigError, match="positive_class 'spam' is not a label of 'y' \\(labels: fraud, legit\\)"):
+    with pytest.raises(
+        ConfigError, match="positive_class 'spam' is not a label of 'y' \\(labels: fraud, legit\\)"
+    ):
         encode_target(y, "binary", target="y", positive_class="spam")
 
 
@@ -167,7 +176,9 @@ def test_ids_come_from_the_id_column_or_the_input_position():
 
 def test_split_is_stratified_seeded_and_complete():
     frame = make_fraud(20_000, seed=1)
-    data, info = prepare(frame, DataConfig(source="builtin:fraud"), default_target="Class", name="fraud")
+    data, info = prepare(
+        frame, DataConfig(source="builtin:fraud"), default_target="Class", name="fraud"
+    )
     parts = split_frame(data, info, SplitConfig(valid=0.1, test=0.2, seed=4))
     assert {k: len(v) for k, v in parts.items()} == {"train": 14_000, "valid": 2_000, "test": 4_000}
     assert sorted(np.concatenate([p.index for p in parts.values()])) == list(range(20_000))

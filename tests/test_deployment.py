@@ -29,12 +29,21 @@ def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_WORKER_QUERY_SECONDS": "2",
-           "PREFECT_WORKER_PREFETCH_SECONDS": "5"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_WORKER_QUERY_SECONDS": "2",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    }
     log = (home / "server.log").open("w")
-    proc = subprocess.Popen([BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
@@ -51,7 +60,9 @@ def server(tmp_path_factory):
 
 
 def _prefect(env, *args):
-    out = subprocess.run([BIN / "prefect", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+    out = subprocess.run(
+        [BIN / "prefect", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out.stdout
 
@@ -60,8 +71,13 @@ def test_train_deployment_runs_from_the_api_and_lands_in_mlflow(server, store, t
     _prefect(server, "work-pool", "create", "glassbox", "--type", "process")
     _prefect(server, "--no-prompt", "deploy", "--all")
     worker_log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen([BIN / "prefect", "worker", "start", "--pool", "glassbox", "--limit", "1"],
-                              cwd=tmp_path, env=server, stdout=worker_log, stderr=subprocess.STDOUT)
+    worker = subprocess.Popen(
+        [BIN / "prefect", "worker", "start", "--pool", "glassbox", "--limit", "1"],
+        cwd=tmp_path,
+        env=server,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         code = f"""
 import asyncio, json
@@ -78,7 +94,9 @@ async def main():
     print(json.dumps({{"state": run.state.type.value, "id": str(run.id), "schema": schema}}))
 asyncio.run(main())
 """
-        out = subprocess.run([sys.executable, "-c", code], env=server, capture_output=True, text=True, timeout=460)
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=server, capture_output=True, text=True, timeout=460
+        )
         assert out.returncode == 0, out.stderr[-3000:]
         import json
 
@@ -99,10 +117,14 @@ asyncio.run(main())
     from tasks import tracking
     from tasks.config import TrackingConfig
 
-    tracking.configure(TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"]))
+    tracking.configure(
+        TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"])
+    )
     client = MlflowClient()
     exp = client.get_experiment_by_name("glassbox-wine")
-    (run,) = client.search_runs([exp.experiment_id], f"tags.`prefect.flow_run_id` = '{result['id']}'")
+    (run,) = client.search_runs(
+        [exp.experiment_id], f"tags.`prefect.flow_run_id` = '{result['id']}'"
+    )
     assert run.info.status == "FINISHED"
     assert run.data.params["train.num_boost_round"] == "7"
     assert run.data.params["train.params.max_depth"] == "2"

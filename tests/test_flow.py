@@ -40,7 +40,14 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     for key in ("train-logloss", "valid-logloss", "train-error", "valid-error"):
         assert _points(client, result["run_id"], key) == list(range(40))
     assert run.data.metrics["rounds_trained"] == 40
-    for key in ("test_accuracy", "test_precision", "test_recall", "test_f1", "test_roc_auc", "test_log_loss"):
+    for key in (
+        "test_accuracy",
+        "test_precision",
+        "test_recall",
+        "test_f1",
+        "test_roc_auc",
+        "test_log_loss",
+    ):
         assert 0 <= run.data.metrics[key] <= 1 or key == "test_log_loss"
     assert run.data.metrics["test_roc_auc"] > 0.95
     assert run.data.metrics["data_train_share_malignant"] == pytest.approx(0.373, abs=0.01)
@@ -77,7 +84,10 @@ def test_multiclass_preset(store, client):
     result = _run(store, "wine", num_boost_round=30)
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["xgb.num_class"] == "3"
-    assert len(_points(client, result["run_id"], "valid-mlogloss")) == run.data.metrics["rounds_trained"]
+    assert (
+        len(_points(client, result["run_id"], "valid-mlogloss"))
+        == run.data.metrics["rounds_trained"]
+    )
     assert {"test_accuracy", "test_f1_macro", "test_log_loss"} <= set(run.data.metrics)
     assert run.data.metrics["data_test_share_class_0"] > 0
 
@@ -86,7 +96,9 @@ def test_regression_preset(store, client):
     result = _run(store, "diabetes", num_boost_round=30, learning_rate=0.2)
     run = client.get_run(result["run_id"])
     assert run.data.params["train.params.learning_rate"] == "0.2"
-    assert _points(client, result["run_id"], "train-rmse") == _points(client, result["run_id"], "valid-mae")
+    assert _points(client, result["run_id"], "train-rmse") == _points(
+        client, result["run_id"], "valid-mae"
+    )
     assert run.data.metrics["test_r2"] > 0.2
 
 
@@ -101,7 +113,9 @@ def test_imbalanced_fraud_gets_scale_pos_weight(store, client):
 def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):
     path = tmp_path / "penguins.csv"
     penguins_like(300).to_csv(path, index=False)
-    result = _run(store, data_source=str(path), target="species", num_boost_round=60, learning_rate=0.3)
+    result = _run(
+        store, data_source=str(path), target="species", num_boost_round=60, learning_rate=0.3
+    )
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.params["data.task_resolved"] == "multiclass"
@@ -123,7 +137,9 @@ def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):
 
 
 def test_bad_input_fails_the_run_with_the_reason_and_keeps_its_params(store, client):
-    with pytest.raises(ConfigError, match="data.target: 'Clas' is not a column; did you mean 'Class'"):
+    with pytest.raises(
+        ConfigError, match="data.target: 'Clas' is not a column; did you mean 'Class'"
+    ):
         _run(store, "fraud", target="Clas", overrides={"data.rows": 2_000})
     exp = client.get_experiment_by_name("glassbox-fraud")
     (run,) = client.search_runs([exp.experiment_id], "params.`data.target` = 'Clas'")

@@ -8,12 +8,18 @@ from tasks.config import TrackingConfig
 
 def test_flatten_gives_dotted_keys():
     assert tracking.flatten({"train": {"params": {"eta": 0.1}, "rounds": 5}, "empty": {}}) == {
-        "train.params.eta": 0.1, "train.rounds": 5, "empty": {}}
+        "train.params.eta": 0.1,
+        "train.rounds": 5,
+        "empty": {},
+    }
 
 
 def test_history_is_one_point_per_round_in_batches(client, store):
     cfg = TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"])
-    history = {"train": {"logloss": [0.5 - i * 1e-4 for i in range(1500)]}, "valid": {"logloss": [0.6] * 1500}}
+    history = {
+        "train": {"logloss": [0.5 - i * 1e-4 for i in range(1500)]},
+        "valid": {"logloss": [0.6] * 1500},
+    }
     with tracking.mlflow_run(cfg, experiment="t-history", run_name=None, tags={}) as run:
         tracking.log_history(run.run_id, history)
     points = client.get_metric_history(run.run_id, "train-logloss")
@@ -24,7 +30,10 @@ def test_history_is_one_point_per_round_in_batches(client, store):
 
 def test_a_failing_run_ends_failed_with_the_reason_and_keeps_what_was_logged(client, store):
     cfg = TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"])
-    with pytest.raises(RuntimeError), tracking.mlflow_run(cfg, experiment="t-fail", run_name="r", tags={"k": "v"}) as run:
+    with (
+        pytest.raises(RuntimeError),
+        tracking.mlflow_run(cfg, experiment="t-fail", run_name="r", tags={"k": "v"}) as run,
+    ):
         tracking.log_params(run.run_id, {"train.num_boost_round": 5})
         raise RuntimeError("the cluster went away")
     got = client.get_run(run.run_id)
@@ -45,8 +54,11 @@ def test_crash_hook_helper_ends_runs_of_a_flow_run(client, store):
 
 
 def test_ui_link_when_an_mlflow_server_is_known(client, store):
-    cfg = TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"],
-                         ui_url="http://127.0.0.1:5000/")
+    cfg = TrackingConfig(
+        uri=store["tracking.uri"],
+        artifact_root=store["tracking.artifact_root"],
+        ui_url="http://127.0.0.1:5000/",
+    )
     with tracking.mlflow_run(cfg, experiment="t-link", run_name=None, tags={}) as run:
         pass
     assert run.url == f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs/{run.run_id}"

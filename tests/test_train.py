@@ -25,25 +25,47 @@ def _dask(n: int, seed: int, npartitions: int = 2):
 
 def test_task_defaults_then_user_params():
     p = xgb_params("multiclass", 3, {"max_depth": 3}, device="cpu", eval_auc=False)
-    assert (p["objective"], p["num_class"], p["eval_metric"]) == ("multi:softprob", 3, ["merror", "mlogloss"])
-    p = xgb_params("regression", 0, {"objective": "reg:absoluteerror"}, device="cuda", eval_auc=True)
+    assert (p["objective"], p["num_class"], p["eval_metric"]) == (
+        "multi:softprob",
+        3,
+        ["merror", "mlogloss"],
+    )
+    p = xgb_params(
+        "regression", 0, {"objective": "reg:absoluteerror"}, device="cuda", eval_auc=True
+    )
     assert p["objective"] == "reg:absoluteerror" and p["device"] == "cuda"
     assert p["eval_metric"] == ["mae", "rmse"]  # no per-round AUC for regression
 
 
 def test_auc_per_round_only_when_asked_and_loss_stays_last_for_early_stopping():
     assert "auc" not in xgb_params("binary", 2, {}, device="cpu", eval_auc=False)["eval_metric"]
-    assert xgb_params("binary", 2, {}, device="cpu", eval_auc=True)["eval_metric"] == ["error", "auc", "logloss"]
+    assert xgb_params("binary", 2, {}, device="cpu", eval_auc=True)["eval_metric"] == [
+        "error",
+        "auc",
+        "logloss",
+    ]
 
 
 def test_imbalanced_binary_gets_scale_pos_weight_unless_set_or_disabled():
     p = xgb_params("binary", 2, {}, device="cpu", eval_auc=False, positive_share=0.002)
     assert p["scale_pos_weight"] == pytest.approx(499)
-    balanced = xgb_params("binary", 2, {}, device="cpu", eval_auc=False, positive_share=IMBALANCE + 0.2)
+    balanced = xgb_params(
+        "binary", 2, {}, device="cpu", eval_auc=False, positive_share=IMBALANCE + 0.2
+    )
     assert "scale_pos_weight" not in balanced
-    mine = xgb_params("binary", 2, {"scale_pos_weight": 3}, device="cpu", eval_auc=False, positive_share=0.002)
+    mine = xgb_params(
+        "binary", 2, {"scale_pos_weight": 3}, device="cpu", eval_auc=False, positive_share=0.002
+    )
     assert mine["scale_pos_weight"] == 3
-    off = xgb_params("binary", 2, {}, device="cpu", eval_auc=False, positive_share=0.002, auto_scale_pos_weight=False)
+    off = xgb_params(
+        "binary",
+        2,
+        {},
+        device="cpu",
+        eval_auc=False,
+        positive_share=0.002,
+        auto_scale_pos_weight=False,
+    )
     assert "scale_pos_weight" not in off
 
 
@@ -70,8 +92,14 @@ def test_fit_evaluates_train_and_valid_every_round_and_reports_progress(cluster)
     events = []
     params = xgb_params("binary", 2, {"max_depth": 2}, device="cpu", eval_auc=False)
     booster, history = fit(
-        cluster.client, _dask(2_000, 0), _dask(500, 1), params,
-        num_boost_round=30, early_stopping_rounds=None, progress=events.append, progress_every=10,
+        cluster.client,
+        _dask(2_000, 0),
+        _dask(500, 1),
+        params,
+        num_boost_round=30,
+        early_stopping_rounds=None,
+        progress=events.append,
+        progress_every=10,
     )
     assert set(history) == {"train", "valid"}
     for data in ("train", "valid"):
@@ -88,10 +116,16 @@ def test_fit_evaluates_train_and_valid_every_round_and_reports_progress(cluster)
 
 
 def test_early_stopping_keeps_the_best_round(cluster):
-    params = xgb_params("binary", 2, {"max_depth": 6, "learning_rate": 0.8}, device="cpu", eval_auc=False)
+    params = xgb_params(
+        "binary", 2, {"max_depth": 6, "learning_rate": 0.8}, device="cpu", eval_auc=False
+    )
     booster, history = fit(
-        cluster.client, _dask(300, 2), _dask(300, 3), params,
-        num_boost_round=300, early_stopping_rounds=5,
+        cluster.client,
+        _dask(300, 2),
+        _dask(300, 3),
+        params,
+        num_boost_round=300,
+        early_stopping_rounds=5,
     )
     rounds = len(history["valid"]["logloss"])
     best = best_iteration(booster, history)

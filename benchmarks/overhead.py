@@ -1,0 +1,170 @@
+"""What Glassbox costs over a plain script: `glassbox train conf/fraud.yaml` against the same
+stages written plainly (`plain_fraud.py`), as whole processes, interleaved A/B pairs, with a
+persistent Prefect server as users of the UI have.
+
+    .venv/bin/python benchmarks/overhead.py --pairs 5
+
+Prints every pair, then flow - plain in seconds, the ratio, a per-stage breakdown (Prefect
+task-run durations against the plain script's stage timers) and the training-time ratio
+(the Dask path against plain `xgboost.train` with the same threads). Targets: overhead at most
+max(3 s, 5%), training at most 1.15x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+# Prefect task -> the plain script's stage(s) that do the same work.
+STAGES = {
+    "load-data": ["load"],
+    "split-data": ["split"],
+    "train-xgboost": ["train"],
+    "evaluate-model": ["evaluate", "figures"],
+    "log-model": ["save_model"],
+}
+
+
+def start_prefect_server(home: Path) -> tuple[subprocess.Popen, dict[str, str]]:
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    api = f"http://127.0.0.1:{port}/api"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    proc = subprocess.Popen(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    for _ in range(240):
+        try:
+            if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                return proc, env
+        except httpx.HTTPError:
+            time.sleep(0.5)
+    proc.terminate()
+    raise SystemExit("prefect server did not start")
+
+
+def run_flow(env: dict[str, str], tmp: Path, extra: list[str]) -> dict:
+    store = [f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.artifact_root={tmp}/artifacts",
+             f"data.workspace={tmp}/workspace", *extra]
+    cmd = [BIN / "glassbox", "train", "conf/fraud.yaml", *[a for s in store for a in ("--set", s)]]
+    start = time.perf_counter()
+    out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"flow failed:\n{out.stderr[-3000:]}")
+    run_id = next(x for x in out.stdout.splitlines() if x.startswith("MLflow run: ")).split()[2]
+    return {"wall": wall, "run_id": run_id, **flow_details(env, tmp, run_id)}
+
+
+def flow_details(env: dict[str, str], tmp: Path, run_id: str) -> dict:
+    """Per-task durations from the Prefect API; training seconds and rounds from MLflow."""
+    code = f"""
+import json, uuid
+from mlflow import MlflowClient
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+run = MlflowClient("sqlite:///{tmp}/mlflow.db").get_run("{run_id}")
+flow_run_id = uuid.UUID(run.data.tags["prefect.flow_run_id"])
+with get_client(sync_client=True) as client:
+    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+print(json.dumps({{
+    "tasks": {{t.name.rsplit("-", 1)[0]:
+               (t.end_time - t.start_time).total_seconds() for t in tasks}},
+    "train_seconds": run.data.metrics["train_seconds"],
+    "rounds": int(run.data.metrics["rounds_trained"]),
+}}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"could not read the flow's details:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_plain(tmp: Path) -> dict:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, ROOT / "benchmarks" / "plain_fraud.py", "--out", tmp / "plain"],
+                         cwd=ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if out.returncode:
+        raise SystemExit(f"plain script failed:\n{out.stderr[-3000:]}")
+    return {"wall": wall, **json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--set", dest="extra", action="append", default=[],
+                        help="extra config overrides for the flow (key=value)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="glassbox-bench-") as name:
+        tmp = Path(name)
+        server, env = start_prefect_server(tmp / "prefect")
+        try:
+            print("warm-up (not counted): one run of each; creates the MLflow store")
+            run_flow(env, tmp, args.extra)
+            run_plain(tmp)
+            pairs = []
+            for i in range(args.pairs):
+                if i % 2 == 0:
+                    flow, plain = run_flow(env, tmp, args.extra), run_plain(tmp)
+                else:
+                    plain, flow = run_plain(tmp), run_flow(env, tmp, args.extra)
+                pairs.append((flow, plain))
+                print(f"pair {i + 1}: flow {flow['wall']:6.2f} s   plain {plain['wall']:6.2f} s   "
+                      f"diff {flow['wall'] - plain['wall']:+5.2f} s   rounds {flow['rounds']}/{plain['rounds']}")
+        finally:
+            server.terminate()
+            server.wait(30)
+    report(pairs)
+
+
+def report(pairs: list[tuple[dict, dict]]) -> None:
+    med = statistics.median
+    flow_wall = med(f["wall"] for f, _ in pairs)
+    plain_wall = med(p["wall"] for _, p in pairs)
+    diffs = [f["wall"] - p["wall"] for f, p in pairs]
+    overhead = med(diffs)
+    target = max(3.0, 0.05 * plain_wall)
+    print(f"\nwhole process, median of {len(pairs)} pairs: flow {flow_wall:.2f} s, plain {plain_wall:.2f} s")
+    print(f"flow - plain: {overhead:+.2f} s (pairs: {', '.join(f'{d:+.2f}' for d in diffs)})")
+    print(f"ratio flow/plain: {flow_wall / plain_wall:.3f}")
+    print(f"overhead target <= max(3 s, 5%) = {target:.2f} s: {'met' if overhead <= target else 'NOT met'}")
+
+    print(f"\n{'stage':<16}{'flow task':>11}{'plain':>9}{'diff':>9}")
+    flow_sum = plain_sum = 0.0
+    for task, stages in STAGES.items():
+        f = med(fl["tasks"].get(task, 0.0) for fl, _ in pairs)
+        p = med(sum(pl["stages"][s] for s in stages) for _, pl in pairs)
+        flow_sum, plain_sum = flow_sum + f, plain_sum + p
+        print(f"{task:<16}{f:>10.2f}s{p:>8.2f}s{f - p:>+8.2f}s")
+    rest_f, rest_p = flow_wall - flow_sum, plain_wall - plain_sum
+    print(f"{'rest':<16}{rest_f:>10.2f}s{rest_p:>8.2f}s{rest_f - rest_p:>+8.2f}s"
+          "   (imports, Prefect/MLflow set-up, Dask cluster, process exit)")
+
+    f_train = med(f["train_seconds"] for f, _ in pairs)
+    p_train = med(p["stages"]["train"] for _, p in pairs)
+    f_round = med(f["train_seconds"] / f["rounds"] for f, _ in pairs)
+    p_round = med(p["stages"]["train"] / p["rounds"] for _, p in pairs)
+    print(f"\ntraining: Dask path {f_train:.2f} s, plain xgboost.train {p_train:.2f} s, "
+          f"ratio {f_train / p_train:.3f} (per round {f_round * 1e3:.1f} vs {p_round * 1e3:.1f} ms, "
+          f"ratio {f_round / p_round:.3f}); target <= 1.15: "
+          f"{'met' if f_round / p_round <= 1.15 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

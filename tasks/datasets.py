@@ -1,0 +1,126 @@
+"""Built-in data sets and file loading: pure functions, no Prefect or MLflow.
+
+Kept apart from the data stage's tasks so that scripts (the benchmarks' plain baseline) can use
+the same data without importing the orchestration stack.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import ConfigError
+
+FRAUD_ROWS = 284_807
+FRAUD_POSITIVE_RATE = 492 / 284_807
+_SKLEARN_BUILTINS = {
+    "breast_cancer": "load_breast_cancer",
+    "wine": "load_wine",
+    "iris": "load_iris",
+    "digits": "load_digits",
+    "diabetes": "load_diabetes",
+}
+BUILTINS = (*_SKLEARN_BUILTINS, "fraud")
+
+
+def make_fraud(
+    n_rows: int = FRAUD_ROWS, *, positive_rate: float = FRAUD_POSITIVE_RATE, seed: int = 0
+) -> pd.DataFrame:
+    """A synthetic data set shaped like the public credit-card-fraud data.
+
+    Columns `Time, V1..V28, Amount, Class`: `Time` in seconds over two days with fewer
+    transactions at night, `V1..V28` PCA-like components with decreasing variance, `Amount`
+    log-normal, `Class` 1 for fraud (about 0.17% of rows). Frauds are shifted along a handful of
+    components by a random strength, so some are easy to catch and some look legitimate.
+    """
+    rng = np.random.default_rng(seed)
+    n_pos = max(2, round(n_rows * positive_rate))
+    y = np.zeros(n_rows, dtype=np.int64)
+    pos = rng.choice(n_rows, n_pos, replace=False)
+    y[pos] = 1
+
+    # Diurnal traffic: accept uniform times with a probability that dips at night.
+    draws = rng.uniform(0, 172_792, 3 * n_rows)
+    keep = rng.uniform(size=draws.size) < 0.55 + 0.45 * np.sin(2 * np.pi * (draws / 86_400 - 0.3))
+    times = np.sort(draws[keep][:n_rows])
+    rng.shuffle(times[pos])  # frauds happen at any hour
+
+    std = np.linspace(1.95, 0.33, 28)
+    v = rng.standard_normal((n_rows, 28)) * std
+    shift = np.zeros(28)
+    shift[[13, 11, 9, 16, 2, 15, 6]] = [-4.5, -3.5, -3.0, -3.0, -2.5, -2.0, -1.5]
+    shift[[3, 10, 1]] = [2.5, 2.0, 1.5]
+    strength = rng.uniform(0.15, 1.3, n_pos)
+    v[pos] += strength[:, None] * shift * std + rng.normal(0, 0.5, (n_pos, 28)) * std
+
+    amount = np.round(np.exp(rng.normal(3.0, 1.4, n_rows)), 2)
+    small = rng.uniform(size=n_pos) < 0.4
+    amount[pos] = np.where(small, 1.0, np.round(np.exp(rng.normal(3.6, 1.8, n_pos)), 2))
+
+    frame = pd.DataFrame(v, columns=[f"V{i}" for i in range(1, 29)])
+    frame.insert(0, "Time", np.round(times))
+    frame["Amount"] = amount
+    frame["Class"] = y
+    return frame
+
+
+def dataset_name(source: str) -> str:
+    """`builtin:fraud` -> `fraud`; `/data/penguins.csv` -> `penguins`."""
+    return source.removeprefix("builtin:") if source.startswith("builtin:") else Path(source).stem
+
+
+def load_source(
+    source: str, *, rows: int | None = None, seed: int = 0
+) -> tuple[pd.DataFrame, str | None, str]:
+    """Load `builtin:<name>`, a .csv or a .parquet file.
+
+    Returns:
+        The frame, the data set's own target column (built-ins) or None, and the data set name.
+    """
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if name not in BUILTINS:
+            raise ConfigError(
+                f"data.source: unknown built-in data set '{name}'; available: {', '.join(BUILTINS)}"
+            )
+        if rows is not None and name != "fraud":
+            raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")
+        if name == "fraud":
+            return make_fraud(rows or FRAUD_ROWS, seed=seed), "Class", name
+        return (*_load_sklearn(name), name)
+    if rows is not None:
+        raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data.source: file not found: {source}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        _check_csv_header(path)
+        return pd.read_csv(path), None, path.stem
+    if suffix in (".parquet", ".pq"):
+        return pd.read_parquet(path), None, path.stem
+    raise ConfigError(f"data.source: '{source}' is not a .csv or .parquet file")
+
+
+def _load_sklearn(name: str) -> tuple[pd.DataFrame, str]:
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, _SKLEARN_BUILTINS[name])(as_frame=True)
+    frame = bunch.frame
+    if name != "diabetes":
+        # Keep sklearn's class order and give the classes their names.
+        frame["target"] = pd.Categorical.from_codes(frame["target"], list(bunch.target_names))
+    return frame, "target"
+
+
+def _check_csv_header(path: Path) -> None:
+    # pandas silently renames a repeated header ("x" -> "x.1"), so look before it does.
+    with path.open(newline="") as fh:
+        header = next(csv.reader(fh), [])
+    dupes = [c for c, n in Counter(header).items() if n > 1]
+    if dupes:
+        raise ConfigError(f"data.source: duplicate column names in {path.name}: {', '.join(dupes)}")
