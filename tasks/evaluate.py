@@ -13,7 +13,7 @@ from sklearn import metrics as skm
 from tasks import tracking
 from tasks.cluster import ClusterHandle
 from tasks.config import EvaluateConfig, TaskType
-from tasks.data import DatasetInfo
+from tasks.data import DatasetInfo, dask_split
 
 
 def test_metrics(
@@ -85,15 +85,14 @@ def predict(
     cluster: ClusterHandle, model_path: str, info: DatasetInfo, path: str
 ) -> tuple[np.ndarray, np.ndarray]:
     """Predictions for one split, computed on the cluster; only the arrays come back."""
-    import dask.dataframe as dd
     import xgboost as xgb
     import xgboost.dask as dxgb
 
-    frame = dd.read_parquet(path).astype(info.feature_dtypes())
+    features, target = dask_split(path, info)
     booster = xgb.Booster(model_file=model_path)
-    proba = dxgb.inplace_predict(cluster.client, booster, frame[info.features]).compute()
-    y_true = frame[info.target].compute().to_numpy()
-    return y_true, np.asarray(proba)
+    proba = dxgb.inplace_predict(cluster.client, booster, features)
+    y_true, proba = cluster.client.compute([target, proba], sync=True)
+    return np.asarray(y_true), np.asarray(proba)
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)

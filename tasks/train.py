@@ -22,7 +22,7 @@ from prefect.cache_policies import NO_CACHE
 from tasks import tracking
 from tasks.cluster import ClusterHandle, WorkerProgress
 from tasks.config import ConfigError, TaskType, TrainConfig
-from tasks.data import DatasetInfo, read_split
+from tasks.data import DatasetInfo, dask_split, read_split
 
 # Per task: objective and per-round metrics. The last metric drives early stopping.
 _OBJECTIVES: dict[TaskType, tuple[str, list[str]]] = {
@@ -201,8 +201,8 @@ def train_model(
     start = time.perf_counter()
     booster, history = fit(
         cluster.client,
-        _dask_split(splits["train"], info),
-        _dask_split(splits["valid"], info),
+        dask_split(splits["train"], info),
+        dask_split(splits["valid"], info),
         params,
         num_boost_round=cfg.num_boost_round,
         early_stopping_rounds=cfg.early_stopping_rounds,
@@ -224,13 +224,6 @@ def train_model(
         "Trained %d rounds in %.1fs; best round %d: %s", rounds, seconds, best + 1, _fmt(final)
     )
     return {"model": path, "best_iteration": best, "history": history}
-
-
-def _dask_split(path: str, info: DatasetInfo) -> tuple[Any, Any]:
-    import dask.dataframe as dd
-
-    frame = dd.read_parquet(path).astype(info.feature_dtypes())
-    return frame[info.features], frame[info.target]
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
