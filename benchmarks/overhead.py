@@ -42,11 +42,17 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen, dict[str, str]]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
     proc = subprocess.Popen(
         [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     for _ in range(240):
         try:
@@ -59,8 +65,12 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen, dict[str, str]]:
 
 
 def run_flow(env: dict[str, str], tmp: Path, extra: list[str]) -> dict:
-    store = [f"tracking.uri=sqlite:///{tmp}/mlflow.db", f"tracking.artifact_root={tmp}/artifacts",
-             f"data.workspace={tmp}/workspace", *extra]
+    store = [
+        f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+        f"tracking.artifact_root={tmp}/artifacts",
+        f"data.workspace={tmp}/workspace",
+        *extra,
+    ]
     cmd = [BIN / "glassbox", "train", "conf/fraud.yaml", *[a for s in store for a in ("--set", s)]]
     start = time.perf_counter()
     out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -80,11 +90,22 @@ from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 run = MlflowClient("sqlite:///{tmp}/mlflow.db").get_run("{run_id}")
 flow_run_id = uuid.UUID(run.data.tags["prefect.flow_run_id"])
+def union(spans):
+    merged = []
+    for s, e in sorted(spans):
+        if merged and s <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], e)
+        else:
+            merged.append([s, e])
+    return merged
 with get_client(sync_client=True) as client:
-    tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    runs = FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    tasks = client.read_task_runs(flow_run_filter=runs)
 print(json.dumps({{
     "tasks": {{t.name.rsplit("-", 1)[0]:
                (t.end_time - t.start_time).total_seconds() for t in tasks}},
+    "busy": sum((e - s).total_seconds()
+                for s, e in union([(t.start_time, t.end_time) for t in tasks])),
     "train_seconds": run.data.metrics["train_seconds"],
     "rounds": int(run.data.metrics["rounds_trained"]),
 }}))
@@ -97,8 +118,12 @@ print(json.dumps({{
 
 def run_plain(tmp: Path) -> dict:
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, ROOT / "benchmarks" / "plain_fraud.py", "--out", tmp / "plain"],
-                         cwd=ROOT, capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, ROOT / "benchmarks" / "plain_fraud.py", "--out", tmp / "plain"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     wall = time.perf_counter() - start
     if out.returncode:
         raise SystemExit(f"plain script failed:\n{out.stderr[-3000:]}")
@@ -108,8 +133,13 @@ def run_plain(tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=5)
-    parser.add_argument("--set", dest="extra", action="append", default=[],
-                        help="extra config overrides for the flow (key=value)")
+    parser.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        help="extra config overrides for the flow (key=value)",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="glassbox-bench-") as name:
         tmp = Path(name)
@@ -125,8 +155,11 @@ def main() -> None:
                 else:
                     plain, flow = run_plain(tmp), run_flow(env, tmp, args.extra)
                 pairs.append((flow, plain))
-                print(f"pair {i + 1}: flow {flow['wall']:6.2f} s   plain {plain['wall']:6.2f} s   "
-                      f"diff {flow['wall'] - plain['wall']:+5.2f} s   rounds {flow['rounds']}/{plain['rounds']}")
+                print(
+                    f"pair {i + 1}: flow {flow['wall']:6.2f} s   plain {plain['wall']:6.2f} s   "
+                    f"diff {flow['wall'] - plain['wall']:+5.2f} s   "
+                    f"rounds {flow['rounds']}/{plain['rounds']}"
+                )
         finally:
             server.terminate()
             server.wait(30)
@@ -140,30 +173,45 @@ def report(pairs: list[tuple[dict, dict]]) -> None:
     diffs = [f["wall"] - p["wall"] for f, p in pairs]
     overhead = med(diffs)
     target = max(3.0, 0.05 * plain_wall)
-    print(f"\nwhole process, median of {len(pairs)} pairs: flow {flow_wall:.2f} s, plain {plain_wall:.2f} s")
+    print(
+        f"\nwhole process, median of {len(pairs)} pairs: "
+        f"flow {flow_wall:.2f} s, plain {plain_wall:.2f} s"
+    )
     print(f"flow - plain: {overhead:+.2f} s (pairs: {', '.join(f'{d:+.2f}' for d in diffs)})")
     print(f"ratio flow/plain: {flow_wall / plain_wall:.3f}")
-    print(f"overhead target <= max(3 s, 5%) = {target:.2f} s: {'met' if overhead <= target else 'NOT met'}")
+    print(
+        f"overhead target <= max(3 s, 5%) = {target:.2f} s: "
+        f"{'met' if overhead <= target else 'NOT met'}"
+    )
 
     print(f"\n{'stage':<16}{'flow task':>11}{'plain':>9}{'diff':>9}")
-    flow_sum = plain_sum = 0.0
     for task, stages in STAGES.items():
         f = med(fl["tasks"].get(task, 0.0) for fl, _ in pairs)
         p = med(sum(pl["stages"][s] for s in stages) for _, pl in pairs)
-        flow_sum, plain_sum = flow_sum + f, plain_sum + p
         print(f"{task:<16}{f:>10.2f}s{p:>8.2f}s{f - p:>+8.2f}s")
-    rest_f, rest_p = flow_wall - flow_sum, plain_wall - plain_sum
-    print(f"{'rest':<16}{rest_f:>10.2f}s{rest_p:>8.2f}s{rest_f - rest_p:>+8.2f}s"
-          "   (imports, Prefect/MLflow set-up, Dask cluster, process exit)")
+    # log-model runs beside evaluate-model: the time inside tasks is the union of their spans.
+    busy_f = med(fl["busy"] for fl, _ in pairs)
+    busy_p = med(sum(pl["stages"].values()) for _, pl in pairs)
+    print(
+        f"{'all tasks':<16}{busy_f:>10.2f}s{busy_p:>8.2f}s{busy_f - busy_p:>+8.2f}s"
+        "   (wall time inside tasks; log-model overlaps evaluate-model)"
+    )
+    rest_f, rest_p = flow_wall - busy_f, plain_wall - busy_p
+    print(
+        f"{'outside tasks':<16}{rest_f:>10.2f}s{rest_p:>8.2f}s{rest_f - rest_p:>+8.2f}s"
+        "   (imports, Prefect/MLflow run set-up, cluster start/stop, process exit)"
+    )
 
     f_train = med(f["train_seconds"] for f, _ in pairs)
     p_train = med(p["stages"]["train"] for _, p in pairs)
     f_round = med(f["train_seconds"] / f["rounds"] for f, _ in pairs)
     p_round = med(p["stages"]["train"] / p["rounds"] for _, p in pairs)
-    print(f"\ntraining: Dask path {f_train:.2f} s, plain xgboost.train {p_train:.2f} s, "
-          f"ratio {f_train / p_train:.3f} (per round {f_round * 1e3:.1f} vs {p_round * 1e3:.1f} ms, "
-          f"ratio {f_round / p_round:.3f}); target <= 1.15: "
-          f"{'met' if f_round / p_round <= 1.15 else 'NOT met'}")
+    print(
+        f"\ntraining: Dask path {f_train:.2f} s, plain xgboost.train {p_train:.2f} s, "
+        f"ratio {f_train / p_train:.3f} (per round {f_round * 1e3:.1f} vs {p_round * 1e3:.1f} ms, "
+        f"ratio {f_round / p_round:.3f}); target <= 1.15: "
+        f"{'met' if f_round / p_round <= 1.15 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

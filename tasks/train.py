@@ -172,6 +172,14 @@ def best_iteration(booster: xgb.Booster, history: dict[str, dict[str, list[float
 # Prefect tasks
 
 
+def summarize(booster: xgb.Booster, history: dict[str, dict[str, list[float]]]) -> dict[str, float]:
+    """Best round (0-based), rounds trained, and every metric at the best round."""
+    best = best_iteration(booster, history)
+    rounds = len(next(iter(history["train"].values())))
+    at_best = {f"best_{d}-{m}": v[best] for d, ms in history.items() for m, v in ms.items()}
+    return {"best_iteration": best, "rounds_trained": rounds, **at_best}
+
+
 @task(name="train-xgboost", cache_policy=NO_CACHE)
 def train_model(
     cluster: ClusterHandle,
@@ -183,18 +191,13 @@ def train_model(
 ) -> dict[str, Any]:
     """Train on the cluster, log params and per-round history; return the model path and history."""
     logger = get_run_logger()
-    positive_share = None
-    if info.task == "binary":
-        positive_share = float(
-            pd.read_parquet(splits["train"], columns=[info.target])[info.target].mean()
-        )
     params = xgb_params(
         info.task,
         len(info.classes),
         cfg.params,
         device=cluster.device,
         eval_auc=cfg.eval_auc,
-        positive_share=positive_share,
+        positive_share=_positive_share(info, splits["train"]),
         auto_scale_pos_weight=cfg.auto_scale_pos_weight,
     )
     tracking.log_params(run_id, {f"xgb.{k}": v for k, v in params.items()})
@@ -206,28 +209,26 @@ def train_model(
         params,
         num_boost_round=cfg.num_boost_round,
         early_stopping_rounds=cfg.early_stopping_rounds,
-        progress=lambda p: logger.info("round %s: %s", p["round"], _fmt(p)),
+        progress=lambda p: logger.info("round %s: %s", p.pop("round"), _fmt(p)),
         progress_every=cfg.log_every,
     )
-    seconds = time.perf_counter() - start
-    best = best_iteration(booster, history)
-    rounds = len(next(iter(history["train"].values())))
+    summary = {**summarize(booster, history), "train_seconds": time.perf_counter() - start}
     tracking.log_history(run_id, history)
-    final = {f"best_{d}-{m}": v[best] for d, ms in history.items() for m, v in ms.items()}
-    tracking.log_metrics(
-        run_id,
-        {"best_iteration": best, "rounds_trained": rounds, "train_seconds": seconds, **final},
-    )
+    tracking.log_metrics(run_id, summary)
     path = str(Path(workspace) / "model.ubj")
     booster.save_model(path)
-    logger.info(
-        "Trained %d rounds in %.1fs; best round %d: %s", rounds, seconds, best + 1, _fmt(final)
-    )
-    return {"model": path, "best_iteration": best, "history": history}
+    logger.info("Trained: %s", _fmt(summary))
+    return {"model": path, "best_iteration": summary["best_iteration"], "history": history}
+
+
+def _positive_share(info: DatasetInfo, train_path: str) -> float | None:
+    if info.task != "binary":
+        return None
+    return float(pd.read_parquet(train_path, columns=[info.target])[info.target].mean())
 
 
 def _fmt(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k} {v:.5g}" for k, v in metrics.items() if isinstance(v, float))
+    return ", ".join(f"{k} {v:.5g}" for k, v in metrics.items() if isinstance(v, float | int))
 
 
 @task(name="log-model", cache_policy=NO_CACHE)
