@@ -94,7 +94,6 @@ def train(
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """The DAG for one validated configuration."""
     check_params(cfg.train.params)
-    tracking.configure(cfg.tracking)
     name = dataset_name(cfg.data.source)
     tags = {
         tracking.PREFECT_RUN_TAG: str(runtime.flow_run.id),
@@ -102,7 +101,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         "prefect.deployment": str(runtime.deployment.name or ""),
         "glassbox.data": name,
     }
-    # The cluster's processes start while the MLflow run is set up and the data loads.
+    # The cluster's processes start while MLflow's store opens, the run is set up and the data
+    # loads.
     with (
         background_cluster(cfg.cluster) as starting,
         tracking.mlflow_run(

@@ -76,10 +76,12 @@ class RunRef:
 def mlflow_run(
     cfg: TrackingConfig, *, experiment: str, run_name: str | None, tags: dict[str, str]
 ) -> Iterator[RunRef]:
-    """Create a run, yield it, and end it FINISHED, or FAILED/KILLED with the reason as a tag.
+    """Configure MLflow, create a run, yield it, and end it FINISHED, or FAILED/KILLED with
+    the reason as a tag.
 
     Whatever was logged before a failure stays in the run.
     """
+    configure(cfg)
     client = MlflowClient()
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
