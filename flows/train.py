@@ -8,6 +8,8 @@ before any compute; a run that fails ends FAILED in MLflow with the reason as a 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -111,26 +113,24 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             run_name=cfg.tracking.run_name,
             tags=tags,
         ) as run,
+        _workspace(Path(cfg.data.workspace) / str(runtime.flow_run.id)) as workspace,
     ):
         tracking.log_params(run.run_id, tracking.flatten(cfg.model_dump(mode="json")))
         _report(run, cfg)
-        workspace = Path(cfg.data.workspace) / run.run_id
-        workspace.mkdir(parents=True, exist_ok=True)
-        loading = load_data.submit(cfg.data, str(workspace), run.run_id)
+        loading = load_data.submit(cfg.data, workspace, run.run_id)
         cluster = starting.result()
         if cluster.dashboard:
             get_run_logger().info(
                 "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
             )
         info = loading.result()
-        splits = split_data(info, cfg.split, str(workspace), run.run_id)
-        trained = train_model(cluster, info, splits, cfg.train, str(workspace), run.run_id)
+        splits = split_data(info, cfg.split, workspace, run.run_id)
+        trained = train_model(cluster, info, splits, cfg.train, workspace, run.run_id)
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         model_name = cfg.tracking.model_name or f"glassbox-{name}"
         logging = log_model.submit(trained["model"], info, splits, model_name, run.run_id)
         scores = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
         logged = logging.result()
-        shutil.rmtree(workspace, ignore_errors=True)
         result = {
             "run_id": run.run_id,
             "experiment_id": run.experiment_id,
@@ -142,6 +142,16 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         }
         _report(run, cfg, result)
     return result
+
+
+@contextmanager
+def _workspace(path: Path) -> Iterator[str]:
+    """The run's folder for the Parquet splits and the model file, removed however it ends."""
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield str(path)
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _report(

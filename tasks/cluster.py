@@ -93,7 +93,9 @@ class WorkerProgress(xgb.callback.TrainingCallback):
 @contextmanager
 def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
     """Start (or connect to) the cluster; close what was started on exit."""
-    dashboard = "127.0.0.1:0" if cfg.dashboard else None
+    # The scheduler's HTTP server (health, metrics; the dashboard when asked for) always
+    # listens: on loopback, on a free port, so that clusters of concurrent runs do not collide.
+    http = {"dashboard_address": "127.0.0.1:0", "scheduler_kwargs": {"dashboard": cfg.dashboard}}
     # A local cluster's start/stop chatter at INFO would bury the training log.
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if cfg.kind == "address":
@@ -124,7 +126,7 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
                 n_workers=n_workers,
                 threads_per_worker=threads,
                 host="127.0.0.1",
-                dashboard_address=dashboard,
+                **http,
             )
         device: Device = "cuda"
     else:
@@ -136,7 +138,7 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
                 threads_per_worker=threads,
                 processes=True,
                 host="127.0.0.1",
-                dashboard_address=dashboard,
+                **http,
             )
         device = "cpu"
     with cluster, Client(cluster) as client:

@@ -306,6 +306,9 @@ def load_data(cfg: DataConfig, workspace: str, run_id: str) -> DatasetInfo:
     data.to_parquet(Path(workspace) / "data.parquet")
     tracking.log_dataset(run_id, data, name=name, source=cfg.source, target=info.target)
     tracking.log_text(run_id, info.to_json(), "data/dataset_info.json")
+    if info.classes:
+        mapping = {name: code for code, name in enumerate(info.classes)}
+        tracking.log_text(run_id, json.dumps(mapping, indent=2), "data/label_mapping.json")
     tracking.log_params(run_id, {"data.task_resolved": info.task, "data.rows_loaded": info.n_rows})
     get_run_logger().info(
         "Loaded %s: %d rows, %d features, task %s%s",

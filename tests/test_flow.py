@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,7 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     example = pd.read_json(local / "input_example.json", orient="split")
     assert model.predict(example).shape == (len(example),)
     # the workspace is cleaned up
-    assert not (Path(store["data.workspace"]) / result["run_id"]).exists()
+    assert not any(Path(store["data.workspace"]).iterdir())
 
 
 def test_multiclass_preset(store, client):
@@ -122,6 +123,8 @@ def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):
     info = client.download_artifacts(result["run_id"], "data/dataset_info.json")
     text = Path(info).read_text()
     assert '"Adelie"' in text and '"island"' in text
+    mapping = Path(client.download_artifacts(result["run_id"], "data/label_mapping.json"))
+    assert json.loads(mapping.read_text()) == {"Adelie": 0, "Chinstrap": 1, "Gentoo": 2}
     assert run.data.metrics["test_accuracy"] > 0.8
     # the categories travel with the model, and the native model predicts categorical frames
     import mlflow
@@ -146,6 +149,7 @@ def test_bad_input_fails_the_run_with_the_reason_and_keeps_its_params(store, cli
     assert run.info.status == "FAILED"
     assert "is not a column" in run.data.tags[tracking.FAILURE_TAG]
     assert run.data.params["data.rows"] == "2000"
+    assert not any(Path(store["data.workspace"]).iterdir())  # a failed run leaves no files
 
 
 def test_bad_config_fails_before_any_run_is_created(store, client):

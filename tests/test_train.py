@@ -23,6 +23,19 @@ def _dask(n: int, seed: int, npartitions: int = 2):
     return dd.from_pandas(x, npartitions=npartitions), dd.from_pandas(y, npartitions=npartitions)
 
 
+def _small_fit(handle, rounds: int, user=None, sizes=(2_000, 500), **fit_kwargs):
+    params = xgb_params("binary", 2, user or {"max_depth": 3}, device=handle.device, eval_auc=False)
+    fit_kwargs.setdefault("early_stopping_rounds", None)
+    return fit(
+        handle.client,
+        _dask(sizes[0], 4),
+        _dask(sizes[1], 5),
+        params,
+        num_boost_round=rounds,
+        **fit_kwargs,
+    )
+
+
 def test_task_defaults_then_user_params():
     p = xgb_params("multiclass", 3, {"max_depth": 3}, device="cpu", eval_auc=False)
     assert (p["objective"], p["num_class"], p["eval_metric"]) == (
@@ -90,17 +103,7 @@ def test_workers_get_their_threads_for_openmp(cluster):
 
 def test_fit_evaluates_train_and_valid_every_round_and_reports_progress(cluster):
     events = []
-    params = xgb_params("binary", 2, {"max_depth": 2}, device="cpu", eval_auc=False)
-    booster, history = fit(
-        cluster.client,
-        _dask(2_000, 0),
-        _dask(500, 1),
-        params,
-        num_boost_round=30,
-        early_stopping_rounds=None,
-        progress=events.append,
-        progress_every=10,
-    )
+    booster, history = _small_fit(cluster, 30, progress=events.append, progress_every=10)
     assert set(history) == {"train", "valid"}
     for data in ("train", "valid"):
         assert {m: len(v) for m, v in history[data].items()} == {"error": 30, "logloss": 30}
@@ -116,19 +119,53 @@ def test_fit_evaluates_train_and_valid_every_round_and_reports_progress(cluster)
 
 
 def test_early_stopping_keeps_the_best_round(cluster):
-    params = xgb_params(
-        "binary", 2, {"max_depth": 6, "learning_rate": 0.8}, device="cpu", eval_auc=False
-    )
-    booster, history = fit(
-        cluster.client,
-        _dask(300, 2),
-        _dask(300, 3),
-        params,
-        num_boost_round=300,
-        early_stopping_rounds=5,
+    booster, history = _small_fit(
+        cluster, 300, {"max_depth": 6, "learning_rate": 0.8}, (300, 300), early_stopping_rounds=5
     )
     rounds = len(history["valid"]["logloss"])
     best = best_iteration(booster, history)
     assert rounds < 300 and rounds == best + 6
     assert history["valid"]["logloss"][best] == min(history["valid"]["logloss"])
     assert booster.num_boosted_rounds() == best + 1
+
+
+def test_an_existing_scheduler_can_be_used_by_address():
+    from distributed import LocalCluster
+
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+    ) as running:
+        cfg = ClusterConfig(kind="address", address=running.scheduler_address)
+        with dask_cluster(cfg) as handle:
+            assert (handle.kind, handle.device) == ("address", "cpu")
+            _, history = _small_fit(handle, rounds=5)
+            assert len(history["valid"]["logloss"]) == 5
+        assert len(running.scheduler_info["workers"]) == 1  # their cluster stays up
+
+
+def test_cuda_without_a_gpu_is_a_clear_error():
+    from tasks.cluster import gpu_count
+
+    if gpu_count():
+        pytest.skip("a GPU is present")
+    with (
+        pytest.raises(ConfigError, match="cluster.kind is 'cuda' but no GPU is usable"),
+        dask_cluster(ClusterConfig(kind="cuda")),
+    ):
+        pass
+
+
+@pytest.mark.gpu
+def test_auto_cluster_trains_on_the_gpu():
+    from tasks.cluster import gpu_count
+
+    if not gpu_count():
+        pytest.skip("no GPU (or dask-cuda) here")
+    with dask_cluster(ClusterConfig(dashboard=False)) as handle:
+        assert (handle.kind, handle.device) == ("cuda", "cuda")
+        booster, history = _small_fit(handle, rounds=20)
+        import json
+
+        config = json.loads(booster.save_config())
+        assert config["learner"]["generic_param"]["device"].startswith("cuda")
+        assert len(history["train"]["logloss"]) == 20
