@@ -169,3 +169,12 @@ def test_auto_cluster_trains_on_the_gpu():
         config = json.loads(booster.save_config())
         assert config["learner"]["generic_param"]["device"].startswith("cuda")
         assert len(history["train"]["logloss"]) == 20
+
+
+def test_dashboard_on_request_is_the_real_one_on_loopback():
+    import urllib.request
+
+    with dask_cluster(ClusterConfig(n_workers=1, threads_per_worker=1, dashboard=True)) as handle:
+        assert handle.dashboard.startswith("http://127.0.0.1:")
+        page = urllib.request.urlopen(handle.dashboard, timeout=10).read().decode()
+        assert "<title>Dask" in page and "needs bokeh" not in page
