@@ -74,13 +74,17 @@ def _summary(result: dict[str, Any], uri: str) -> str:
         f" ({result['model_uri']})",
         "Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()),
     ]
+    exp = result["experiment_id"]
     if result["url"]:
+        base = result["url"].split("/#/")[0]
         lines.append(f"Look at it: {result['url']}")
     else:
+        base = "http://127.0.0.1:5000"
         lines += [
             f"Look at it: mlflow ui --backend-store-uri {uri} --port 5000, then open",
-            f"  http://127.0.0.1:5000/#/experiments/{result['experiment_id']}/runs/{result['run_id']}",
+            f"  {base}/#/experiments/{exp}/runs/{result['run_id']}",
         ]
+    lines.append(f"Compare runs: {base}/#/experiments/{exp}/runs?workflowType=machine_learning")
     return "\n".join(lines)
 
 

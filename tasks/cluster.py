@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
 import dask
@@ -115,32 +116,17 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
             "cluster.kind is 'cuda' but no GPU is usable (install the gpu extra and check "
             "nvidia-smi), or use cluster.kind 'auto'"
         )
-    cores = os.cpu_count() or 1
+    device: Device = "cuda" if n_gpus else "cpu"
     if n_gpus:
         from dask_cuda import LocalCUDACluster
 
-        n_workers = cfg.n_workers or n_gpus
-        threads = cfg.threads_per_worker or max(1, cores // n_workers)
-        with dask.config.set(_local_config(threads)):
-            cluster: LocalCluster = LocalCUDACluster(
-                n_workers=n_workers,
-                threads_per_worker=threads,
-                host="127.0.0.1",
-                **http,
-            )
-        device: Device = "cuda"
+        factory, default_workers = LocalCUDACluster, n_gpus
     else:
-        n_workers = cfg.n_workers or 1
-        threads = cfg.threads_per_worker or max(1, cores // n_workers)
-        with dask.config.set(_local_config(threads)):
-            cluster = LocalCluster(
-                n_workers=n_workers,
-                threads_per_worker=threads,
-                processes=True,
-                host="127.0.0.1",
-                **http,
-            )
-        device = "cpu"
+        factory, default_workers = partial(LocalCluster, processes=True), 1
+    n_workers = cfg.n_workers or default_workers
+    threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // n_workers)
+    with dask.config.set(_local_config(threads)):
+        cluster = factory(n_workers=n_workers, threads_per_worker=threads, host="127.0.0.1", **http)
     with cluster, Client(cluster) as client:
         link = client.dashboard_link if cfg.dashboard else None
         yield ClusterHandle(client, device, "cuda" if n_gpus else "local", link)

@@ -109,16 +109,14 @@ def mlflow_run(
 def mark_failed(flow_run_id: str, reason: str) -> list[str]:
     """End every unfinished run tagged with a Prefect flow-run id as FAILED (crash hooks)."""
     client = MlflowClient()
-    ended = []
-    for exp in client.search_experiments():
-        for run in client.search_runs(
-            [exp.experiment_id],
-            f"tags.`{PREFECT_RUN_TAG}` = '{flow_run_id}' and attributes.status = 'RUNNING'",
-        ):
-            client.set_tag(run.info.run_id, FAILURE_TAG, reason[:5000])
-            client.set_terminated(run.info.run_id, "FAILED")
-            ended.append(run.info.run_id)
-    return ended
+    runs = client.search_runs(
+        [exp.experiment_id for exp in client.search_experiments()],
+        f"tags.`{PREFECT_RUN_TAG}` = '{flow_run_id}' and attributes.status = 'RUNNING'",
+    )
+    for run in runs:
+        client.set_tag(run.info.run_id, FAILURE_TAG, reason[:5000])
+        client.set_terminated(run.info.run_id, "FAILED")
+    return [run.info.run_id for run in runs]
 
 
 def log_params(run_id: str, params: Mapping[str, Any]) -> None:
