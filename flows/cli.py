@@ -72,7 +72,7 @@ def _summary(result: dict[str, Any], uri: str) -> str:
         f"MLflow run: {result['run_id']} (experiment {result['experiment_id']})",
         f"Model: {result['registered_model']} version {result['model_version']}"
         f" ({result['model_uri']})",
-        "Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result["metrics"].items()),
+        "Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result["headline"].items()),
     ]
     exp = result["experiment_id"]
     if result["url"]:

@@ -22,7 +22,7 @@ from tasks.cluster import background_cluster
 from tasks.config import PipelineConfig
 from tasks.data import load_data, split_data
 from tasks.datasets import dataset_name
-from tasks.evaluate import evaluate_model
+from tasks.evaluate import HEADLINE, evaluate_model
 from tasks.train import check_params, log_model, train_model
 
 
@@ -139,6 +139,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             "registered_model": logged.registered_name,
             "model_version": logged.version,
             "metrics": scores,
+            "headline": {k: scores[k] for k in HEADLINE[info.task] if k in scores},
         }
         _report(run, cfg, result)
     return result
@@ -173,7 +174,11 @@ def _report(
             "| metric | value |",
             "|---|---|",
         ]
-        lines += [f"| {k} | {v:.4f} |" for k, v in result["metrics"].items()]
+        lines += [f"| {k} | {v:.4g} |" for k, v in result["headline"].items()]
+        lines += [
+            "",
+            f"All {len(result['metrics'])} test metrics and the figures are in MLflow.",
+        ]
     create_markdown_artifact(
         key="mlflow-run", markdown="\n".join(lines), description="MLflow run of this flow run"
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from matplotlib.figure import Figure  # no pyplot: no backend, no global figure registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -15,44 +16,154 @@ from tasks.cluster import ClusterHandle
 from tasks.config import EvaluateConfig, TaskType
 from tasks.data import DatasetInfo, dask_split
 
+# Names follow mlflow.models.evaluate where both compute a metric (accuracy_score, f1_score,
+# roc_auc, log_loss, true_positives, root_mean_squared_error, ...), so runs compare across tools.
+HEADLINE: dict[TaskType, tuple[str, ...]] = {
+    "binary": (
+        "test_roc_auc",
+        "test_average_precision",
+        "test_f1_score",
+        "test_tuned_f1_score",
+        "test_log_loss",
+    ),
+    "multiclass": ("test_accuracy_score", "test_f1_macro", "test_roc_auc_macro", "test_log_loss"),
+    "regression": ("test_root_mean_squared_error", "test_mean_absolute_error", "test_r2_score"),
+}
 
-def test_metrics(
-    task: TaskType, y_true: np.ndarray, y_proba: np.ndarray, *, threshold: float = 0.5
+
+def binary_label_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Metrics of hard 0/1 predictions: the ones that move with the decision threshold."""
+    tn, fp, fn, tp = skm.confusion_matrix(y_true, y_pred, labels=[0, 1]).ravel()
+    return {
+        "accuracy_score": skm.accuracy_score(y_true, y_pred),
+        "balanced_accuracy_score": skm.balanced_accuracy_score(y_true, y_pred),
+        "precision_score": skm.precision_score(y_true, y_pred, zero_division=0),
+        "recall_score": skm.recall_score(y_true, y_pred, zero_division=0),
+        "f1_score": skm.f1_score(y_true, y_pred, zero_division=0),
+        "matthews_corrcoef": skm.matthews_corrcoef(y_true, y_pred),
+        "true_negatives": tn,
+        "false_positives": fp,
+        "false_negatives": fn,
+        "true_positives": tp,
+    }
+
+
+def binary_metrics(
+    y_true: np.ndarray, proba: np.ndarray, threshold: float = 0.5
 ) -> dict[str, float]:
-    """Headline test metrics from predictions computed once.
+    """All binary metrics: label metrics at `threshold` plus the threshold-free ones.
 
     Args:
-        task: binary, multiclass or regression.
-        y_true: class codes, or values for regression.
-        y_proba: P(class 1) for binary, (n, K) probabilities for multiclass, predictions for
-            regression.
-        threshold: decision threshold for binary labels.
+        y_true: 0/1 labels.
+        proba: P(class 1).
+        threshold: a row is predicted positive when `proba >= threshold`.
+    """
+    scores = binary_label_metrics(y_true, (proba >= threshold).astype(int))
+    scores.update(
+        example_count=len(y_true),
+        roc_auc=skm.roc_auc_score(y_true, proba),
+        average_precision=skm.average_precision_score(y_true, proba),
+        log_loss=skm.log_loss(y_true, proba, labels=[0, 1]),
+        brier_score=skm.brier_score_loss(y_true, proba),
+    )
+    return {k: float(v) for k, v in scores.items()}
+
+
+def best_f1_threshold(y_true: np.ndarray, proba: np.ndarray) -> float:
+    """The probability threshold that maximises F1 (chosen on the valid set, used on test)."""
+    precision, recall, thresholds = skm.precision_recall_curve(y_true, proba)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    return float(thresholds[int(np.argmax(f1[:-1]))])
+
+
+def multiclass_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+    """Accuracy, balanced accuracy, macro/weighted precision, recall, F1 and one-vs-rest AUC,
+    log loss, from (n, K) class probabilities."""
+    labels = list(range(proba.shape[1]))
+    y_pred = proba.argmax(axis=1)
+    scores: dict[str, Any] = {
+        "example_count": len(y_true),
+        "accuracy_score": skm.accuracy_score(y_true, y_pred),
+        "balanced_accuracy_score": skm.balanced_accuracy_score(y_true, y_pred),
+        "log_loss": skm.log_loss(y_true, proba, labels=labels),
+    }
+    for average in ("macro", "weighted"):
+        p, r, f, _ = skm.precision_recall_fscore_support(
+            y_true, y_pred, labels=labels, average=average, zero_division=0
+        )
+        scores |= {f"precision_{average}": p, f"recall_{average}": r, f"f1_{average}": f}
+        scores[f"roc_auc_{average}"] = skm.roc_auc_score(
+            y_true, proba, labels=labels, average=average, multi_class="ovr"
+        )
+    return {k: float(v) for k, v in scores.items()}
+
+
+def per_class_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
+    """One row per class: precision, recall, F1, support and one-vs-rest AUC."""
+    labels = list(range(len(classes)))
+    y_pred = proba.argmax(axis=1) if proba.ndim == 2 else (proba >= 0.5).astype(int)
+    scores = proba if proba.ndim == 2 else np.column_stack([1 - proba, proba])
+    p, r, f, support = skm.precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    auc = [
+        skm.roc_auc_score(y_true == k, scores[:, k])
+        if 0 < (y_true == k).sum() < len(y_true)
+        else np.nan
+        for k in labels
+    ]
+    return pd.DataFrame(
+        {"class": classes, "precision": p, "recall": r, "f1": f, "support": support, "roc_auc": auc}
+    )
+
+
+def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Regression metrics. MAPE is over the rows whose target is not zero (sklearn divides by
+    a tiny epsilon there, which makes it meaningless); it is left out when every target is 0."""
+    scores = {
+        "example_count": len(y_true),
+        "root_mean_squared_error": skm.root_mean_squared_error(y_true, y_pred),
+        "mean_squared_error": skm.mean_squared_error(y_true, y_pred),
+        "mean_absolute_error": skm.mean_absolute_error(y_true, y_pred),
+        "median_absolute_error": skm.median_absolute_error(y_true, y_pred),
+        "r2_score": skm.r2_score(y_true, y_pred),
+        "explained_variance_score": skm.explained_variance_score(y_true, y_pred),
+        "max_error": skm.max_error(y_true, y_pred),
+    }
+    nonzero = y_true != 0
+    if nonzero.any():
+        scores["mean_absolute_percentage_error"] = skm.mean_absolute_percentage_error(
+            y_true[nonzero], y_pred[nonzero]
+        )
+    return {k: float(v) for k, v in scores.items()}
+
+
+def evaluation_metrics(
+    task: TaskType,
+    y_true: np.ndarray,
+    score: np.ndarray,
+    *,
+    threshold: float = 0.5,
+    tuned_threshold: float | None = None,
+) -> dict[str, float]:
+    """The test-set metrics of a run, prefixed `test_`.
+
+    Binary models also get the label metrics at `tuned_threshold` (`test_tuned_*`, with the
+    threshold itself as `tuned_threshold`) when one was chosen on the valid set.
     """
     if task == "regression":
-        return {
-            "test_rmse": float(skm.root_mean_squared_error(y_true, y_proba)),
-            "test_mae": float(skm.mean_absolute_error(y_true, y_proba)),
-            "test_r2": float(skm.r2_score(y_true, y_proba)),
-        }
-    if task == "binary":
-        y_pred = (y_proba >= threshold).astype(int)
-        return {
-            "test_accuracy": float(skm.accuracy_score(y_true, y_pred)),
-            "test_precision": float(skm.precision_score(y_true, y_pred, zero_division=0)),
-            "test_recall": float(skm.recall_score(y_true, y_pred, zero_division=0)),
-            "test_f1": float(skm.f1_score(y_true, y_pred, zero_division=0)),
-            "test_roc_auc": float(skm.roc_auc_score(y_true, y_proba)),
-            "test_log_loss": float(skm.log_loss(y_true, y_proba, labels=[0, 1])),
-        }
-    y_pred = y_proba.argmax(axis=1)
-    labels = list(range(y_proba.shape[1]))
-    return {
-        "test_accuracy": float(skm.accuracy_score(y_true, y_pred)),
-        "test_f1_macro": float(
-            skm.f1_score(y_true, y_pred, average="macro", labels=labels, zero_division=0)
-        ),
-        "test_log_loss": float(skm.log_loss(y_true, y_proba, labels=labels)),
-    }
+        out = regression_metrics(y_true, score)
+    elif task == "multiclass":
+        out = multiclass_metrics(y_true, score)
+    else:
+        out = binary_metrics(y_true, score, threshold)
+        if tuned_threshold is not None:
+            tuned = binary_label_metrics(y_true, (score >= tuned_threshold).astype(int))
+            out |= {f"tuned_{k}": float(v) for k, v in tuned.items()}
+    prefixed = {f"test_{k}": v for k, v in out.items()}
+    if tuned_threshold is not None and task == "binary":
+        prefixed["tuned_threshold"] = tuned_threshold
+    return prefixed
 
 
 def loss_curves_figure(
@@ -82,17 +193,20 @@ def loss_curves_figure(
 
 
 def predict(
-    cluster: ClusterHandle, model_path: str, info: DatasetInfo, path: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """Predictions for one split, computed on the cluster; only the arrays come back."""
+    cluster: ClusterHandle, model_path: str, info: DatasetInfo, paths: list[str]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Targets and predictions of split files, computed on the cluster in one pass; only the
+    arrays come back. Predictions are P(class 1), class probabilities or values."""
     import xgboost as xgb
     import xgboost.dask as dxgb
 
-    features, target = dask_split(path, info)
     booster = xgb.Booster(model_file=model_path)
-    proba = dxgb.inplace_predict(cluster.client, booster, features)
-    y_true, proba = cluster.client.compute([target, proba], sync=True)
-    return np.asarray(y_true), np.asarray(proba)
+    lazy = []
+    for path in paths:
+        features, target = dask_split(path, info)
+        lazy += [target, dxgb.inplace_predict(cluster.client, booster, features)]
+    arrays = [np.asarray(a) for a in cluster.client.compute(lazy, sync=True)]
+    return list(zip(arrays[::2], arrays[1::2], strict=True))
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
@@ -104,14 +218,23 @@ def evaluate_model(
     cfg: EvaluateConfig,
     run_id: str,
 ) -> dict[str, float]:
-    """Predict the test set on the cluster; log test metrics and the loss curves."""
-    y_true, y_proba = predict(cluster, trained["model"], info, splits["test"])
-    scores = test_metrics(info.task, y_true, y_proba, threshold=cfg.threshold)
-    tracking.log_metrics(run_id, scores)
-    tracking.log_figure(
-        run_id,
-        loss_curves_figure(trained["history"], trained["best_iteration"]),
-        "figures/loss_curves.png",
+    """Predict the test set (and the valid set, where a binary threshold is tuned) on the
+    cluster; log the metrics, the per-class table and the loss curves."""
+    binary = info.task == "binary"
+    preds = predict(cluster, trained["model"], info, [splits["test"], *[splits["valid"]] * binary])
+    tuned = best_f1_threshold(*preds[1]) if binary else None
+    scores = evaluation_metrics(
+        info.task, *preds[0], threshold=cfg.threshold, tuned_threshold=tuned
     )
-    get_run_logger().info("Test set: %s", ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
+    tracking.log_metrics(run_id, scores)
+    if info.classes:
+        table = per_class_metrics(*preds[0], info.classes)
+        tracking.log_table(run_id, table, "tables/per_class_metrics.json")
+    curves = loss_curves_figure(trained["history"], trained["best_iteration"])
+    tracking.log_figure(run_id, curves, "figures/loss_curves.png")
+    get_run_logger().info("Test set: %s", headline(info.task, scores))
     return scores
+
+
+def headline(task: TaskType, scores: dict[str, float]) -> str:
+    return ", ".join(f"{k} {scores[k]:.4f}" for k in HEADLINE[task] if k in scores)

@@ -164,6 +164,11 @@ def _log_metric_batch(run_id: str, metrics: list[Metric]) -> None:
         client.log_batch(run_id, metrics=metrics[i : i + _BATCH], synchronous=True)
 
 
+def log_table(run_id: str, table: pd.DataFrame, artifact_file: str) -> None:
+    """A table artifact (JSON) that the MLflow UI shows as a table."""
+    MlflowClient().log_table(run_id, data=table, artifact_file=artifact_file)
+
+
 def log_text(run_id: str, text: str, artifact_file: str) -> None:
     MlflowClient().log_text(run_id, text, artifact_file)
 

@@ -41,16 +41,23 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     for key in ("train-logloss", "valid-logloss", "train-error", "valid-error"):
         assert _points(client, result["run_id"], key) == list(range(40))
     assert run.data.metrics["rounds_trained"] == 40
+    metrics = run.data.metrics
     for key in (
-        "test_accuracy",
-        "test_precision",
-        "test_recall",
-        "test_f1",
-        "test_roc_auc",
-        "test_log_loss",
+        "accuracy_score",
+        "balanced_accuracy_score",
+        "precision_score",
+        "recall_score",
+        "f1_score",
+        "roc_auc",
+        "average_precision",
+        "brier_score",
+        "tuned_f1_score",
     ):
-        assert 0 <= run.data.metrics[key] <= 1 or key == "test_log_loss"
-    assert run.data.metrics["test_roc_auc"] > 0.95
+        assert 0 <= metrics[f"test_{key}"] <= 1, key
+    assert metrics["test_roc_auc"] > 0.95
+    assert 0 < metrics["tuned_threshold"] < 1
+    counts = ("true_negatives", "false_positives", "false_negatives", "true_positives")
+    assert sum(metrics[f"test_{k}"] for k in counts) == metrics["test_example_count"] == 114
     assert run.data.metrics["data_train_share_malignant"] == pytest.approx(0.373, abs=0.01)
     # Prefect link and tags
     assert run.data.tags[tracking.PREFECT_RUN_TAG]
@@ -89,8 +96,22 @@ def test_multiclass_preset(store, client):
         len(_points(client, result["run_id"], "valid-mlogloss"))
         == run.data.metrics["rounds_trained"]
     )
-    assert {"test_accuracy", "test_f1_macro", "test_log_loss"} <= set(run.data.metrics)
+    assert {
+        "test_accuracy_score",
+        "test_f1_macro",
+        "test_f1_weighted",
+        "test_roc_auc_macro",
+        "test_log_loss",
+    } <= set(run.data.metrics)
+    assert "tuned_threshold" not in run.data.metrics
     assert run.data.metrics["data_test_share_class_0"] > 0
+    table = json.loads(
+        Path(
+            client.download_artifacts(result["run_id"], "tables/per_class_metrics.json")
+        ).read_text()
+    )
+    assert table["columns"] == ["class", "precision", "recall", "f1", "support", "roc_auc"]
+    assert [row[0] for row in table["data"]] == ["class_0", "class_1", "class_2"]
 
 
 def test_regression_preset(store, client):
@@ -100,7 +121,13 @@ def test_regression_preset(store, client):
     assert _points(client, result["run_id"], "train-rmse") == _points(
         client, result["run_id"], "valid-mae"
     )
-    assert run.data.metrics["test_r2"] > 0.2
+    assert run.data.metrics["test_r2_score"] > 0.2
+    assert {
+        "test_median_absolute_error",
+        "test_mean_absolute_percentage_error",
+        "test_max_error",
+        "test_explained_variance_score",
+    } <= set(run.data.metrics)
 
 
 def test_imbalanced_fraud_gets_scale_pos_weight(store, client):
@@ -125,7 +152,7 @@ def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):
     assert '"Adelie"' in text and '"island"' in text
     mapping = Path(client.download_artifacts(result["run_id"], "data/label_mapping.json"))
     assert json.loads(mapping.read_text()) == {"Adelie": 0, "Chinstrap": 1, "Gentoo": 2}
-    assert run.data.metrics["test_accuracy"] > 0.8
+    assert run.data.metrics["test_accuracy_score"] > 0.8
     # the categories travel with the model, and the native model predicts categorical frames
     import mlflow
     import pandas as pd
