@@ -129,7 +129,8 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         model_name = cfg.tracking.model_name or f"glassbox-{name}"
         logging = log_model.submit(trained["model"], info, splits, model_name, run.run_id)
-        scores = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
+        evaluated = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
+        scores = evaluated["metrics"]
         logged = logging.result()
         result = {
             "run_id": run.run_id,
@@ -140,6 +141,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             "model_version": logged.version,
             "metrics": scores,
             "headline": {k: scores[k] for k in HEADLINE[info.task] if k in scores},
+            "figures": evaluated["figures"],
         }
         _report(run, cfg, result)
     return result
@@ -175,9 +177,11 @@ def _report(
             "|---|---|",
         ]
         lines += [f"| {k} | {v:.4g} |" for k, v in result["headline"].items()]
+        artifacts = f"[artifacts]({run.url}/artifacts)" if run.url else "artifacts"
         lines += [
             "",
-            f"All {len(result['metrics'])} test metrics and the figures are in MLflow.",
+            f"All {len(result['metrics'])} test metrics are in the MLflow run; figures in its "
+            f"{artifacts}: " + ", ".join(f"`{f}`" for f in result["figures"]),
         ]
     create_markdown_artifact(
         key="mlflow-run", markdown="\n".join(lines), description="MLflow run of this flow run"

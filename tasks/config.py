@@ -9,7 +9,14 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 TaskType = Literal["binary", "multiclass", "regression"]
 
@@ -82,10 +89,54 @@ class TrainConfig(_Stage):
     log_every: int = Field(25, ge=1, description="log training progress every N rounds")
 
 
+FIGURES = (
+    "loss_curves",
+    "metric_curve",
+    "confusion_matrix",
+    "roc",
+    "precision_recall",
+    "calibration",
+    "threshold",
+    "importance",
+    "correlation",
+    "predicted_vs_true",
+    "residuals",
+    "qq",
+    "class_balance",
+)
+
+
 class EvaluateConfig(_Stage):
-    """Test-set evaluation."""
+    """Test-set evaluation: metrics, figures, tables."""
 
     threshold: float = Field(0.5, gt=0, lt=1, description="binary decision threshold")
+    figures: str | tuple[str, ...] = Field(
+        "all", description="which figures to make; `all` = every one that fits the task"
+    )
+    target_score: float = Field(
+        0.9, description="target line on the per-round accuracy (or R²) curve"
+    )
+    max_points: int = Field(
+        20_000, ge=100, description="scatter-type figures subsample (seeded) above this"
+    )
+    top_k: int = Field(20, ge=1, description="features in importance and correlation figures")
+    sample_predictions: int = Field(200, ge=0, description="test rows in the predictions table")
+    seed: int = 0
+
+    @field_validator("figures")
+    @classmethod
+    def _known_figures(cls, value: str | tuple[str, ...]) -> str | tuple[str, ...]:
+        names = (value,) if isinstance(value, str) else value
+        if value == "all":
+            return value
+        for name in names:
+            if name not in FIGURES:
+                close = difflib.get_close_matches(name, FIGURES, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ValueError(
+                    f"unknown figure '{name}' ({hint}figures: all, {', '.join(FIGURES)})"
+                )
+        return tuple(names)
 
 
 class ClusterConfig(_Stage):

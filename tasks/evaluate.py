@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -11,9 +12,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from sklearn import metrics as skm
 
+from tasks import figures as figs
 from tasks import tracking
 from tasks.cluster import ClusterHandle
-from tasks.config import EvaluateConfig, TaskType
+from tasks.config import FIGURES, EvaluateConfig, TaskType
 from tasks.data import DatasetInfo, dask_split
 
 # Names follow mlflow.models.evaluate where both compute a metric (accuracy_score, f1_score,
@@ -166,30 +168,102 @@ def evaluation_metrics(
     return prefixed
 
 
-def loss_curves_figure(
-    history: dict[str, dict[str, list[float]]], best_iteration: int | None = None
-) -> Figure:
-    """Train vs valid per round, one panel per evaluation metric, best round marked."""
-    import seaborn as sns
+def predictions_table(
+    row_ids: np.ndarray,
+    y_true: np.ndarray,
+    score: np.ndarray,
+    classes: list[str],
+    *,
+    threshold: float,
+    rows: int,
+    seed: int,
+) -> pd.DataFrame:
+    """A seeded sample of test predictions with the rows' own ids: true and predicted label
+    and the probability (classification), or true, predicted and residual (regression)."""
+    idx = figs.sample_index(len(y_true), rows, seed)
+    if not classes:
+        return pd.DataFrame(
+            {
+                "row_id": row_ids[idx],
+                "true": y_true[idx],
+                "predicted": score[idx],
+                "residual": y_true[idx] - score[idx],
+            }
+        )
+    if score.ndim == 1:
+        pred, prob = (score >= threshold).astype(int), score
+        prob_name = f"p_{classes[1]}"
+    else:
+        pred, prob, prob_name = score.argmax(1), score.max(1), "p_predicted"
+    names = np.asarray(classes)
+    return pd.DataFrame(
+        {
+            "row_id": row_ids[idx],
+            "true": names[y_true[idx]],
+            "predicted": names[pred[idx]],
+            prob_name: prob[idx],
+        }
+    )
 
-    metrics = list(next(iter(history.values())))
-    with sns.axes_style("whitegrid"):
-        fig = Figure(figsize=(5.5 * len(metrics), 4), layout="tight")
-        axes = fig.subplots(1, len(metrics), squeeze=False)
-    for ax, metric in zip(axes[0], metrics, strict=True):
-        for data, values in history.items():
-            ax.plot(np.arange(1, len(values[metric]) + 1), values[metric], label=data, lw=1.8)
-        if best_iteration is not None:
-            ax.axvline(
-                best_iteration + 1,
-                color="0.4",
-                ls="--",
-                lw=1,
-                label=f"best round ({best_iteration + 1})",
-            )
-        ax.set(title=f"{metric} per boosting round", xlabel="boosting round", ylabel=metric)
-        ax.legend()
-    return fig
+
+def iter_figures(
+    info: DatasetInfo,
+    cfg: EvaluateConfig,
+    y_true: np.ndarray,
+    score: np.ndarray,
+    *,
+    history: figs.History,
+    best_iteration: int,
+    importances: dict[str, dict[str, float]],
+    features: pd.DataFrame,
+    targets: dict[str, np.ndarray],
+    tuned_threshold: float | None,
+) -> Iterator[tuple[str, Figure]]:
+    """The figures that fit the task and were asked for, built one at a time (the caller logs
+    and drops each before the next is drawn)."""
+    classify, classes = info.task != "regression", info.classes
+    if classify:
+        y_pred = (score >= cfg.threshold).astype(int) if score.ndim == 1 else score.argmax(1)
+    variances = {k: float(np.var(v)) for k, v in targets.items()}
+    points = {"max_points": cfg.max_points, "seed": cfg.seed}
+    order = list(pd.Series(importances.get("gain", {})).sort_values(ascending=False).index)
+    makers: dict[str, tuple[bool, Callable[[], Figure]]] = {
+        "loss_curves": (True, lambda: figs.loss_curves(history, best_iteration)),
+        "metric_curve": (
+            True,
+            lambda: figs.metric_curve(history, info.task, cfg.target_score, variances),
+        ),
+        "confusion_matrix": (
+            classify,
+            lambda: figs.confusion_matrix(
+                y_true, y_pred, classes, cfg.threshold if score.ndim == 1 else None
+            ),
+        ),
+        "roc": (classify, lambda: figs.roc(y_true, score, classes)),
+        "precision_recall": (classify, lambda: figs.precision_recall(y_true, score, classes)),
+        "calibration": (classify, lambda: figs.calibration(y_true, score, classes)),
+        "threshold": (
+            info.task == "binary",
+            lambda: figs.threshold_analysis(y_true, score, tuned_threshold, cfg.threshold),
+        ),
+        "importance": (bool(importances), lambda: figs.importance(importances, cfg.top_k)),
+        "correlation": (
+            features.select_dtypes("number").shape[1] > 1,
+            lambda: figs.correlation(features, order, cfg.top_k),
+        ),
+        "predicted_vs_true": (
+            not classify,
+            lambda: figs.predicted_vs_true(y_true, score, **points),
+        ),
+        "residuals": (not classify, lambda: figs.residuals(y_true, score, **points)),
+        "qq": (not classify, lambda: figs.qq(y_true, score, **points)),
+        "class_balance": (True, lambda: figs.class_balance(targets, classes)),
+    }
+    wanted = FIGURES if cfg.figures == "all" else cfg.figures
+    for name in wanted:
+        fits, make = makers[name]
+        if fits:
+            yield name, make()
 
 
 def predict(
@@ -217,9 +291,10 @@ def evaluate_model(
     splits: dict[str, str],
     cfg: EvaluateConfig,
     run_id: str,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """Predict the test set (and the valid set, where a binary threshold is tuned) on the
-    cluster; log the metrics, the per-class table and the loss curves."""
+    cluster; log the metrics, the figures and the tables. Returns the metrics and the figures'
+    artifact paths."""
     binary = info.task == "binary"
     preds = predict(cluster, trained["model"], info, [splits["test"], *[splits["valid"]] * binary])
     tuned = best_f1_threshold(*preds[1]) if binary else None
@@ -227,13 +302,69 @@ def evaluate_model(
         info.task, *preds[0], threshold=cfg.threshold, tuned_threshold=tuned
     )
     tracking.log_metrics(run_id, scores)
-    if info.classes:
-        table = per_class_metrics(*preds[0], info.classes)
-        tracking.log_table(run_id, table, "tables/per_class_metrics.json")
-    curves = loss_curves_figure(trained["history"], trained["best_iteration"])
-    tracking.log_figure(run_id, curves, "figures/loss_curves.png")
+    context = _figure_context(trained["model"], info, splits, cfg)
+    row_ids = context.pop("row_ids")
+    logged: list[str] = []
+    for name, fig in iter_figures(
+        info,
+        cfg,
+        *preds[0],
+        history=trained["history"],
+        best_iteration=trained["best_iteration"],
+        tuned_threshold=tuned,
+        **context,
+    ):
+        logged.append(f"figures/{name}.png")
+        tracking.log_figure(run_id, fig, logged[-1])
+    for name, table in _tables(info, cfg, preds[0], row_ids, cfg.threshold):
+        tracking.log_table(run_id, table, f"tables/{name}.json")
     get_run_logger().info("Test set: %s", headline(info.task, scores))
-    return scores
+    return {"metrics": scores, "figures": logged}
+
+
+def _figure_context(
+    model_path: str, info: DatasetInfo, splits: dict[str, str], cfg: EvaluateConfig
+) -> dict[str, Any]:
+    """What the figures need besides predictions: importances, a feature sample, the targets."""
+    import xgboost as xgb
+
+    booster = xgb.Booster(model_file=model_path)
+    kinds = ("gain", "weight", "cover")
+    targets = {k: pd.read_parquet(p, columns=[info.target])[info.target] for k, p in splits.items()}
+    train = pd.read_parquet(splits["train"], columns=info.features)
+    return {
+        "importances": {
+            k: booster.get_score(importance_type=k)
+            for k in kinds
+            if booster.get_score(importance_type=k)
+        },
+        "features": train.iloc[figs.sample_index(len(train), cfg.max_points, cfg.seed)],
+        "targets": {k: v.to_numpy() for k, v in targets.items()},
+        "row_ids": targets["test"].index.to_numpy(),
+    }
+
+
+def _tables(
+    info: DatasetInfo,
+    cfg: EvaluateConfig,
+    test: tuple[np.ndarray, np.ndarray],
+    row_ids: np.ndarray,
+    threshold: float,
+) -> Iterator[tuple[str, pd.DataFrame]]:
+    if info.classes:
+        yield "per_class_metrics", per_class_metrics(*test, info.classes)
+    if cfg.sample_predictions:
+        yield (
+            "test_predictions",
+            predictions_table(
+                row_ids,
+                *test,
+                info.classes,
+                threshold=threshold,
+                rows=cfg.sample_predictions,
+                seed=cfg.seed,
+            ),
+        )
 
 
 def headline(task: TaskType, scores: dict[str, float]) -> str:

@@ -8,7 +8,6 @@ from tasks.evaluate import (
     best_f1_threshold,
     binary_metrics,
     evaluation_metrics,
-    loss_curves_figure,
     multiclass_metrics,
     per_class_metrics,
     regression_metrics,
@@ -126,20 +125,3 @@ def test_binary_metrics_equal_mlflow_evaluate_for_the_same_names(client):
     } <= shared
     for name in shared:
         assert ours[name] == pytest.approx(result.metrics[name]), name
-
-
-def test_loss_curves_have_a_panel_per_metric_with_train_valid_and_best_round():
-    history = {
-        "train": {"error": [0.3, 0.2, 0.1], "logloss": [0.6, 0.4, 0.3]},
-        "valid": {"error": [0.35, 0.3, 0.3], "logloss": [0.62, 0.5, 0.55]},
-    }
-    fig = loss_curves_figure(history, best_iteration=1)
-    axes = fig.get_axes()
-    assert [ax.get_title() for ax in axes] == [
-        "error per boosting round",
-        "logloss per boosting round",
-    ]
-    assert axes[1].get_xlabel() == "boosting round" and axes[1].get_ylabel() == "logloss"
-    labels = [t.get_text() for t in axes[1].get_legend().get_texts()]
-    assert labels == ["train", "valid", "best round (2)"]
-    assert list(axes[1].get_lines()[1].get_ydata()) == [0.62, 0.5, 0.55]

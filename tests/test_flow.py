@@ -67,8 +67,26 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     assert inp.dataset.name == "breast_cancer" and inp.dataset.digest
     assert '"mean radius"' in inp.dataset.schema
     # artifacts: the loss curves and the dataset description
-    names = {a.path for a in client.list_artifacts(result["run_id"], "figures")}
-    assert names == {"figures/loss_curves.png"}
+    names = {
+        a.path.removeprefix("figures/") for a in client.list_artifacts(result["run_id"], "figures")
+    }
+    assert names == {
+        f"{n}.png"
+        for n in (
+            "loss_curves",
+            "metric_curve",
+            "confusion_matrix",
+            "roc",
+            "precision_recall",
+            "calibration",
+            "threshold",
+            "importance",
+            "correlation",
+            "class_balance",
+        )
+    }
+    tables = {a.path for a in client.list_artifacts(result["run_id"], "tables")}
+    assert tables == {"tables/per_class_metrics.json", "tables/test_predictions.json"}
     # the model: XGBoost's own format, signature, registered version
     version = client.get_model_version("glassbox-breast_cancer", result["model_version"])
     assert version.run_id == result["run_id"]
@@ -128,6 +146,9 @@ def test_regression_preset(store, client):
         "test_max_error",
         "test_explained_variance_score",
     } <= set(run.data.metrics)
+    figures = {a.path for a in client.list_artifacts(result["run_id"], "figures")}
+    assert {"figures/predicted_vs_true.png", "figures/residuals.png", "figures/qq.png"} <= figures
+    assert "figures/roc.png" not in figures
 
 
 def test_imbalanced_fraud_gets_scale_pos_weight(store, client):

@@ -1,0 +1,306 @@
+"""Figures: what a person looking at them relies on (titles, labels, curves, annotations)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks import figures as figs
+from tasks.config import EvaluateConfig
+from tasks.data import DatasetInfo
+from tasks.evaluate import iter_figures, predictions_table
+
+
+def _texts(ax) -> list[str]:
+    return [t.get_text() for t in ax.texts]
+
+
+def _legend(ax) -> list[str]:
+    return [t.get_text() for t in ax.get_legend().get_texts()]
+
+
+HISTORY = {
+    "train": {
+        "error": [0.3, 0.2, 0.1, 0.08, 0.06, 0.05, 0.04, 0.03, 0.02],
+        "logloss": [0.6, 0.4, 0.3, 0.25, 0.2, 0.17, 0.15, 0.13, 0.11],
+    },
+    "valid": {
+        "error": [0.35, 0.3, 0.2, 0.15, 0.12, 0.1, 0.09, 0.08, 0.08],
+        "logloss": [0.62, 0.5, 0.45, 0.5, 0.52, 0.55, 0.56, 0.58, 0.6],
+    },
+}
+
+
+def test_loss_curves_mark_the_best_round_and_the_overfitting_point():
+    fig = figs.loss_curves(HISTORY, best_iteration=2)
+    error, logloss = fig.get_axes()
+    assert [error.get_title(), logloss.get_title()] == [
+        "error per boosting round",
+        "logloss per boosting round",
+    ]
+    assert logloss.get_xlabel() == "boosting round" and logloss.get_ylabel() == "logloss"
+    assert _legend(logloss) == ["train", "valid", "best round (3)"]
+    assert list(logloss.get_lines()[1].get_ydata()) == HISTORY["valid"]["logloss"]
+    assert _texts(logloss) == ["overfitting from round 3:\nvalid rises, train falls"]
+    assert _texts(error) == []  # valid error never turns up
+
+
+def test_overfitting_needs_a_sustained_rise():
+    assert (
+        figs.overfit_round([5, 4, 3, 2, 1, 0.5, 0.4, 0.3], [5, 4, 3, 3.2, 3.3, 3.4, 3.5, 3.6]) == 2
+    )
+    assert figs.overfit_round([5, 4, 3, 2, 1], [5, 4, 3, 3.2, 3.3]) is None  # too few rounds
+    assert figs.overfit_round([5, 4, 3, 3, 3, 3, 3], [5, 4, 3, 3.2, 3.3, 3.4, 3.5]) is None
+
+
+def test_metric_curve_shows_the_target_and_the_round_it_is_reached():
+    fig = figs.metric_curve(HISTORY, "binary", target=0.9)
+    (ax,) = fig.get_axes()
+    assert ax.get_title() == "accuracy per boosting round"
+    assert _legend(ax) == ["train", "valid", "target 0.9"]
+    assert _texts(ax) == ["valid reaches 0.9 at round 6"]  # 1 - 0.1
+    fig = figs.metric_curve(HISTORY, "binary", target=0.99)
+    assert _texts(fig.get_axes()[0]) == ["valid does not reach 0.99 (best 0.92)"]
+    reg = {"train": {"rmse": [2.0, 1.0]}, "valid": {"rmse": [2.0, 1.5]}}
+    (ax,) = figs.metric_curve(reg, "regression", 0.5, {"train": 4.0, "valid": 4.0}).get_axes()
+    assert ax.get_title() == "R² per boosting round"
+    assert list(ax.get_lines()[1].get_ydata()) == pytest.approx([0.0, 1 - 2.25 / 4])
+
+
+def test_confusion_matrix_counts_and_shares_with_class_names():
+    y = np.array([0, 0, 1, 1, 2, 2, 2])
+    pred = np.array([0, 1, 1, 1, 2, 0, 2])
+    fig = figs.confusion_matrix(y, pred, ["setosa", "versicolor", "virginica"])
+    counts, shares = fig.get_axes()
+    assert counts.get_title() == "Confusion matrix (counts)"
+    assert [t.get_text() for t in counts.get_xticklabels()] == ["setosa", "versicolor", "virginica"]
+    assert sum(int(t) for t in _texts(counts)) == 7
+    assert _texts(shares)[:3] == ["0.50", "0.50", "0.00"]
+    binary = figs.confusion_matrix(y[:4], pred[:4], ["legit", "fraud"], threshold=0.3)
+    assert binary.get_axes()[0].get_title() == "Confusion matrix (counts, threshold 0.3)"
+
+
+def _multiclass(n=300, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, k, n)
+    proba = rng.dirichlet(np.ones(k), n) + np.eye(k)[y]
+    return y, proba / proba.sum(1, keepdims=True)
+
+
+def test_roc_one_vs_rest_has_a_curve_per_class_plus_averages_and_chance():
+    y, proba = _multiclass()
+    (ax,) = figs.roc(y, proba, ["a", "b", "c"]).get_axes()
+    labels = _legend(ax)
+    assert [lab.split(" (")[0] for lab in labels] == [
+        "a",
+        "b",
+        "c",
+        "micro-average",
+        "Chance level",
+        "macro-average",
+    ]
+    assert all("AUC = " in lab for lab in labels)
+    assert ax.get_title() == "ROC curves, one vs rest"
+    (ax,) = figs.roc(y[y < 2], proba[y < 2, 1], ["neg", "pos"]).get_axes()
+    assert [lab.split(" (")[0] for lab in _legend(ax)] == ["pos vs neg", "Chance level"]
+
+
+def test_precision_recall_has_the_positive_rate_as_baseline():
+    y, proba = _multiclass()
+    (ax,) = figs.precision_recall(y, proba, ["a", "b", "c"]).get_axes()
+    baselines = [line for line in ax.get_lines() if line.get_linestyle() == ":"]
+    assert sorted(round(line.get_ydata()[0], 3) for line in baselines) == sorted(
+        round(float(np.mean(y == k)), 3) for k in range(3)
+    )
+    (ax,) = figs.precision_recall(y[y < 2], proba[y < 2, 1], ["neg", "pos"]).get_axes()
+    assert _legend(ax)[1].startswith("Chance level")
+
+
+def test_calibration_has_a_reliability_curve_over_a_histogram():
+    y, proba = _multiclass()
+    top, bottom = figs.calibration(y[y < 2], proba[y < 2, 1], ["neg", "pos"]).get_axes()
+    assert top.get_title() == "Calibration (reliability) curve"
+    assert "model" in _legend(top) and bottom.get_xlabel() == "predicted probability (P(pos))"
+    assert sum(p.get_height() for p in bottom.patches) == (y < 2).sum()
+
+
+def test_threshold_analysis_marks_the_chosen_threshold():
+    y, proba = _multiclass()
+    (ax,) = figs.threshold_analysis(y[y < 2], proba[y < 2, 1], chosen=0.42).get_axes()
+    assert _legend(ax) == [
+        "precision",
+        "recall",
+        "F1",
+        "default 0.5",
+        "chosen 0.42 (best F1 on valid)",
+    ]
+
+
+def test_importance_and_correlation_show_the_top_features():
+    scores = {k: {f"f{i}": float(i + 1) for i in range(30)} for k in ("gain", "weight", "cover")}
+    axes = figs.importance(scores, top_k=5).get_axes()
+    assert [ax.get_title() for ax in axes] == [
+        "importance: gain",
+        "importance: weight",
+        "importance: cover",
+    ]
+    assert [t.get_text() for t in axes[0].get_yticklabels()] == ["f29", "f28", "f27", "f26", "f25"]
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(size=(200, 30)), columns=[f"f{i}" for i in range(30)])
+    frame["f1"] = frame["f0"] * -1
+    ax = figs.correlation(frame, order=["f1", "f0", "f5"], top_k=4).get_axes()[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["f1", "f0", "f5", "f2"]
+    assert ax.get_title() == "Feature correlation (top 4 by importance)"
+    assert "-1.00" in _texts(ax)  # annotated: f1 = -f0
+
+
+def test_regression_figures_subsample_scatter_points_only():
+    rng = np.random.default_rng(1)
+    y = rng.normal(size=500)
+    pred = y + rng.normal(scale=0.3, size=500)
+    (ax,) = figs.predicted_vs_true(y, pred, max_points=100, seed=0).get_axes()
+    labels = _legend(ax)
+    assert labels[0] == "rows (100 of 500 shown)" and labels[1] == "ideal: y = x"
+    assert labels[2].startswith("fit: y = ")
+    assert len(ax.collections[0].get_offsets()) == 100
+    hist, scatter = figs.residuals(y, pred, max_points=1000, seed=0).get_axes()
+    assert hist.get_title() == "Residuals (true - predicted)" and len(hist.get_lines()) >= 1  # KDE
+    assert scatter.get_title() == "Residuals vs predicted" and _legend(scatter) == ["rows (500)"]
+    (ax,) = figs.qq(y, pred, max_points=1000, seed=0).get_axes()
+    assert ax.get_title() == "Q-Q plot of residuals"
+
+
+def test_class_balance_per_split():
+    targets = {"train": np.array([0] * 90 + [1] * 10), "test": np.array([0] * 45 + [1] * 5)}
+    (ax,) = figs.class_balance(targets, ["legit", "fraud"]).get_axes()
+    assert ax.get_title() == "Class balance per split"
+    assert len(ax.patches) >= 4
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["legit", "fraud"]
+    values = np.arange(50.0)
+    (ax,) = figs.class_balance({"train": values, "test": values}, []).get_axes()
+    assert ax.get_title() == "Target distribution per split"
+
+
+def _info(task, classes):
+    return DatasetInfo(
+        name="t", source="x", target="y", task=task, features=["a", "b"], classes=classes
+    )
+
+
+@pytest.mark.parametrize(
+    ("task", "classes", "expected"),
+    [
+        (
+            "binary",
+            ["n", "p"],
+            {
+                "loss_curves",
+                "metric_curve",
+                "confusion_matrix",
+                "roc",
+                "precision_recall",
+                "calibration",
+                "threshold",
+                "importance",
+                "correlation",
+                "class_balance",
+            },
+        ),
+        (
+            "multiclass",
+            ["a", "b", "c"],
+            {
+                "loss_curves",
+                "metric_curve",
+                "confusion_matrix",
+                "roc",
+                "precision_recall",
+                "calibration",
+                "importance",
+                "correlation",
+                "class_balance",
+            },
+        ),
+        (
+            "regression",
+            [],
+            {
+                "loss_curves",
+                "metric_curve",
+                "importance",
+                "correlation",
+                "predicted_vs_true",
+                "residuals",
+                "qq",
+                "class_balance",
+            },
+        ),
+    ],
+)
+def test_each_task_gets_the_figures_that_fit_it(task, classes, expected):
+    rng = np.random.default_rng(0)
+    n = 200
+    if task == "regression":
+        y, score = rng.normal(size=n), rng.normal(size=n)
+        history = {"train": {"rmse": [1.0, 0.9]}, "valid": {"rmse": [1.0, 0.95]}}
+    elif task == "binary":
+        y, score = rng.integers(0, 2, n), rng.uniform(size=n)
+        history = {"train": {"error": [0.2, 0.1]}, "valid": {"error": [0.2, 0.15]}}
+    else:
+        y, score = _multiclass(n)
+        history = {"train": {"merror": [0.2, 0.1]}, "valid": {"merror": [0.2, 0.15]}}
+    made = dict(
+        iter_figures(
+            _info(task, classes),
+            EvaluateConfig(),
+            y,
+            score,
+            history=history,
+            best_iteration=1,
+            importances={"gain": {"a": 2.0, "b": 1.0}},
+            features=pd.DataFrame(rng.normal(size=(n, 2)), columns=["a", "b"]),
+            targets={"train": y, "valid": y, "test": y},
+            tuned_threshold=0.4 if task == "binary" else None,
+        )
+    )
+    assert set(made) == expected
+    chosen = dict(
+        iter_figures(
+            _info(task, classes),
+            EvaluateConfig(figures=("loss_curves", "qq")),
+            y,
+            score,
+            history=history,
+            best_iteration=1,
+            importances={},
+            features=pd.DataFrame({"a": y}),
+            targets={"test": y},
+            tuned_threshold=None,
+        )
+    )
+    assert set(chosen) == {"loss_curves", "qq"} & expected
+
+
+def test_predictions_table_keeps_row_ids_and_class_names():
+    y = np.array([0, 1, 1, 0])
+    table = predictions_table(
+        np.array([10, 11, 12, 13]),
+        y,
+        np.array([0.1, 0.8, 0.3, 0.6]),
+        ["legit", "fraud"],
+        threshold=0.5,
+        rows=10,
+        seed=0,
+    )
+    assert table.to_dict("list") == {
+        "row_id": [10, 11, 12, 13],
+        "true": ["legit", "fraud", "fraud", "legit"],
+        "predicted": ["legit", "fraud", "legit", "fraud"],
+        "p_fraud": [0.1, 0.8, 0.3, 0.6],
+    }
+    sample = predictions_table(
+        np.arange(1000), np.zeros(1000), np.ones(1000), [], threshold=0.5, rows=50, seed=1
+    )
+    assert len(sample) == 50 and list(sample.columns) == ["row_id", "true", "predicted", "residual"]
+    assert (sample["residual"] == -1).all()
