@@ -1,5 +1,6 @@
 """The fraud preset's stages as a plain script: no Prefect, no MLflow, no Dask, plain
-`xgboost.train`; the same data, split, parameters, metrics, loss-curve figure and model file.
+`xgboost.train`; the same data, split, parameters, metrics, figures (drawn by the same pure
+functions, saved as PNG) and model file.
 
 The baseline of `overhead.py`. Prints one JSON line: seconds per stage, rounds trained.
 """
@@ -13,18 +14,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
 import xgboost as xgb
 import yaml
-from sklearn import metrics as skm
 from sklearn.model_selection import train_test_split
 
+from tasks import figures as figs
 from tasks.config import validate_config
 from tasks.datasets import FRAUD_ROWS, make_fraud
+from tasks.metrics import best_f1_threshold, evaluation_metrics, per_class_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,6 +44,7 @@ def main() -> None:
     with stage("load"):
         frame = make_fraud(cfg.data.rows or FRAUD_ROWS, seed=cfg.data.seed)
         x, y = frame.drop(columns="Class").astype("float64"), frame["Class"]
+        classes = ["0", "1"]
     with stage("split"):
         n_test, n_valid = round(len(x) * cfg.split.test), round(len(x) * cfg.split.valid)
         x_rest, x_test, y_rest, y_test = train_test_split(
@@ -87,31 +85,36 @@ def main() -> None:
         )
     with stage("evaluate"):
         proba = booster.inplace_predict(x_test)
-        pred = (proba >= 0.5).astype(int)
-        scores = {
-            "accuracy": skm.accuracy_score(y_test, pred),
-            "precision": skm.precision_score(y_test, pred, zero_division=0),
-            "recall": skm.recall_score(y_test, pred, zero_division=0),
-            "f1": skm.f1_score(y_test, pred, zero_division=0),
-            "roc_auc": skm.roc_auc_score(y_test, proba),
-            "log_loss": skm.log_loss(y_test, proba),
-        }
+        tuned = best_f1_threshold(y_valid.to_numpy(), booster.inplace_predict(x_valid))
+        scores = evaluation_metrics("binary", y_test.to_numpy(), proba, tuned_threshold=tuned)
+        per_class_metrics(y_test.to_numpy(), proba, classes).to_csv(args.out / "per_class.csv")
     with stage("figures"):
-        metrics = list(history["train"])
-        fig, axes = plt.subplots(1, len(metrics), figsize=(5.5 * len(metrics), 4))
-        for ax, metric in zip(np.atleast_1d(axes), metrics, strict=True):
-            for data, values in history.items():
-                ax.plot(np.arange(1, len(values[metric]) + 1), values[metric], label=data)
-            ax.axvline(booster.best_iteration + 1, color="0.4", ls="--", label="best round")
-            ax.set(title=f"{metric} per boosting round", xlabel="boosting round", ylabel=metric)
-            ax.legend()
-        fig.savefig(args.out / "loss_curves.png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
+        # The same figures the flow logs for a binary model, drawn by the same functions.
+        y_true, y_pred = y_test.to_numpy(), (proba >= 0.5).astype(int)
+        kinds = ("gain", "weight", "cover")
+        importances = {k: booster.get_score(importance_type=k) for k in kinds}
+        order = sorted(importances["gain"], key=importances["gain"].get, reverse=True)
+        sample = x_train.iloc[figs.sample_index(len(x_train), 20_000, 0)]
+        targets = {"train": y_train.to_numpy(), "valid": y_valid.to_numpy(), "test": y_true}
+        drawn = {
+            "loss_curves": lambda: figs.loss_curves(history, booster.best_iteration),
+            "metric_curve": lambda: figs.metric_curve(history, "binary", 0.9),
+            "confusion_matrix": lambda: figs.confusion_matrix(y_true, y_pred, classes, 0.5),
+            "roc": lambda: figs.roc(y_true, proba, classes),
+            "precision_recall": lambda: figs.precision_recall(y_true, proba, classes),
+            "calibration": lambda: figs.calibration(y_true, proba, classes),
+            "threshold": lambda: figs.threshold_analysis(y_true, proba, tuned),
+            "importance": lambda: figs.importance(importances, 20),
+            "correlation": lambda: figs.correlation(sample, order, 20),
+            "class_balance": lambda: figs.class_balance(targets, classes),
+        }
+        for name, draw in drawn.items():
+            draw().savefig(args.out / f"{name}.png", dpi=110, bbox_inches="tight")
     with stage("save_model"):
         booster.save_model(args.out / "model.ubj")
         (args.out / "metrics.json").write_text(json.dumps(scores))
     rounds = len(history["valid"]["logloss"])
-    print(json.dumps({"stages": stages, "rounds": rounds, "roc_auc": scores["roc_auc"]}))
+    print(json.dumps({"stages": stages, "rounds": rounds, "roc_auc": scores["test_roc_auc"]}))
 
 
 if __name__ == "__main__":

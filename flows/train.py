@@ -22,7 +22,8 @@ from tasks.cluster import background_cluster
 from tasks.config import PipelineConfig
 from tasks.data import load_data, split_data
 from tasks.datasets import dataset_name
-from tasks.evaluate import HEADLINE, evaluate_model
+from tasks.evaluate import evaluate_model
+from tasks.metrics import HEADLINE
 from tasks.train import check_params, log_model, train_model
 
 

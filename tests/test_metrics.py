@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from tasks.evaluate import (
+from tasks.metrics import (
     best_f1_threshold,
     binary_metrics,
     evaluation_metrics,
