@@ -166,7 +166,7 @@ def _report(
         f"[open in MLflow]({run.url})"
         if run.url
         else f"`mlflow ui --backend-store-uri {cfg.tracking.uri}`, then experiment "
-        f"{run.experiment_id}, run `{run.run_id}`"
+        f"{run.experiment_id}, run `{run.run_id}`; files in `{run.artifact_uri}`"
     )
     lines = [f"## MLflow run `{run.run_id}`", "", f"Experiment {run.experiment_id}: {where}"]
     if result:

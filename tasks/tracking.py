@@ -70,6 +70,7 @@ class RunRef:
     run_id: str
     experiment_id: str
     url: str | None  # MLflow UI page of the run, when a UI address is known
+    artifact_uri: str = ""
 
 
 @contextmanager
@@ -96,7 +97,7 @@ def mlflow_run(
     base = cfg.ui_url or (cfg.uri if cfg.uri.startswith(("http://", "https://")) else None)
     url = f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}" if base else None
     try:
-        yield RunRef(run_id=run_id, experiment_id=experiment_id, url=url)
+        yield RunRef(run_id, experiment_id, url, run.info.artifact_uri)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         reason = f"{type(exc).__name__}: {exc}"

@@ -188,6 +188,28 @@ def _info(task, classes):
     )
 
 
+def _evaluation_inputs(task, n=200):
+    rng = np.random.default_rng(0)
+    if task == "regression":
+        y, score = rng.normal(size=n), rng.normal(size=n)
+        history = {"train": {"rmse": [1.0, 0.9]}, "valid": {"rmse": [1.0, 0.95]}}
+    elif task == "binary":
+        y, score = rng.integers(0, 2, n), rng.uniform(size=n)
+        history = {"train": {"error": [0.2, 0.1]}, "valid": {"error": [0.2, 0.15]}}
+    else:
+        y, score = _multiclass(n)
+        history = {"train": {"merror": [0.2, 0.1]}, "valid": {"merror": [0.2, 0.15]}}
+    kwargs = {
+        "history": history,
+        "best_iteration": 1,
+        "importances": {"gain": {"a": 2.0, "b": 1.0}},
+        "features": pd.DataFrame(rng.normal(size=(n, 2)), columns=["a", "b"]),
+        "targets": {"train": y, "valid": y, "test": y},
+        "tuned_threshold": 0.4 if task == "binary" else None,
+    }
+    return y, score, kwargs
+
+
 @pytest.mark.parametrize(
     ("task", "classes", "expected"),
     [
@@ -239,46 +261,11 @@ def _info(task, classes):
     ],
 )
 def test_each_task_gets_the_figures_that_fit_it(task, classes, expected):
-    rng = np.random.default_rng(0)
-    n = 200
-    if task == "regression":
-        y, score = rng.normal(size=n), rng.normal(size=n)
-        history = {"train": {"rmse": [1.0, 0.9]}, "valid": {"rmse": [1.0, 0.95]}}
-    elif task == "binary":
-        y, score = rng.integers(0, 2, n), rng.uniform(size=n)
-        history = {"train": {"error": [0.2, 0.1]}, "valid": {"error": [0.2, 0.15]}}
-    else:
-        y, score = _multiclass(n)
-        history = {"train": {"merror": [0.2, 0.1]}, "valid": {"merror": [0.2, 0.15]}}
-    made = dict(
-        iter_figures(
-            _info(task, classes),
-            EvaluateConfig(),
-            y,
-            score,
-            history=history,
-            best_iteration=1,
-            importances={"gain": {"a": 2.0, "b": 1.0}},
-            features=pd.DataFrame(rng.normal(size=(n, 2)), columns=["a", "b"]),
-            targets={"train": y, "valid": y, "test": y},
-            tuned_threshold=0.4 if task == "binary" else None,
-        )
-    )
+    y, score, kwargs = _evaluation_inputs(task)
+    made = dict(iter_figures(_info(task, classes), EvaluateConfig(), y, score, **kwargs))
     assert set(made) == expected
-    chosen = dict(
-        iter_figures(
-            _info(task, classes),
-            EvaluateConfig(figures=("loss_curves", "qq")),
-            y,
-            score,
-            history=history,
-            best_iteration=1,
-            importances={},
-            features=pd.DataFrame({"a": y}),
-            targets={"test": y},
-            tuned_threshold=None,
-        )
-    )
+    only = EvaluateConfig(figures=("loss_curves", "qq"))
+    chosen = dict(iter_figures(_info(task, classes), only, y, score, **kwargs))
     assert set(chosen) == {"loss_curves", "qq"} & expected
 
 
@@ -304,3 +291,19 @@ def test_predictions_table_keeps_row_ids_and_class_names():
     )
     assert len(sample) == 50 and list(sample.columns) == ["row_id", "true", "predicted", "residual"]
     assert (sample["residual"] == -1).all()
+
+
+def test_figures_are_built_one_at_a_time_and_not_kept():
+    import gc
+    import weakref
+
+    y, score, kwargs = _evaluation_inputs("binary")
+    refs = []
+    for _, fig in iter_figures(_info("binary", ["n", "p"]), EvaluateConfig(), y, score, **kwargs):
+        refs.append(weakref.ref(fig))
+        del fig
+        gc.collect()
+        # memory does not grow with the number of figures: at most this one and the last
+        assert sum(r() is not None for r in refs) <= 2
+    gc.collect()
+    assert len(refs) == 10 and all(r() is None for r in refs)

@@ -104,6 +104,33 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     assert model.predict(example).shape == (len(example),)
     # the workspace is cleaned up
     assert not any(Path(store["data.workspace"]).iterdir())
+    # the Prefect run's markdown artifact: headline metrics, figure names, where the run is
+    markdown = _prefect_markdown(run.data.tags[tracking.PREFECT_RUN_TAG])
+    assert f"MLflow run `{result['run_id']}`" in markdown
+    assert "| test_roc_auc |" in markdown and "`figures/roc.png`" in markdown
+    assert (
+        "mlflow ui --backend-store-uri sqlite:///" in markdown and "files in `file://" in markdown
+    )
+
+
+def _prefect_markdown(flow_run_id: str) -> str:
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                key=ArtifactFilterKey(any_=["mlflow-run"]),
+                flow_run_id=ArtifactFilterFlowRunId(any_=[UUID(flow_run_id)]),
+            )
+        )
+    return max(artifacts, key=lambda a: a.created).data
 
 
 def test_multiclass_preset(store, client):
