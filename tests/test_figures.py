@@ -210,54 +210,37 @@ def _evaluation_inputs(task, n=200):
     return y, score, kwargs
 
 
+BINARY_FIGURES = {
+    "loss_curves",
+    "metric_curve",
+    "confusion_matrix",
+    "roc",
+    "precision_recall",
+    "calibration",
+    "threshold",
+    "importance",
+    "correlation",
+    "class_balance",
+}
+MULTICLASS_FIGURES = BINARY_FIGURES - {"threshold"}
+REGRESSION_FIGURES = {
+    "loss_curves",
+    "metric_curve",
+    "importance",
+    "correlation",
+    "predicted_vs_true",
+    "residuals",
+    "qq",
+    "class_balance",
+}
+
+
 @pytest.mark.parametrize(
     ("task", "classes", "expected"),
     [
-        (
-            "binary",
-            ["n", "p"],
-            {
-                "loss_curves",
-                "metric_curve",
-                "confusion_matrix",
-                "roc",
-                "precision_recall",
-                "calibration",
-                "threshold",
-                "importance",
-                "correlation",
-                "class_balance",
-            },
-        ),
-        (
-            "multiclass",
-            ["a", "b", "c"],
-            {
-                "loss_curves",
-                "metric_curve",
-                "confusion_matrix",
-                "roc",
-                "precision_recall",
-                "calibration",
-                "importance",
-                "correlation",
-                "class_balance",
-            },
-        ),
-        (
-            "regression",
-            [],
-            {
-                "loss_curves",
-                "metric_curve",
-                "importance",
-                "correlation",
-                "predicted_vs_true",
-                "residuals",
-                "qq",
-                "class_balance",
-            },
-        ),
+        ("binary", ["n", "p"], BINARY_FIGURES),
+        ("multiclass", ["a", "b", "c"], MULTICLASS_FIGURES),
+        ("regression", [], REGRESSION_FIGURES),
     ],
 )
 def test_each_task_gets_the_figures_that_fit_it(task, classes, expected):

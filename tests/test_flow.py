@@ -10,6 +10,7 @@ import pytest
 from tasks import tracking
 from tasks.config import ConfigError
 from tests.conftest import penguins_like
+from tests.test_figures import BINARY_FIGURES
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -70,21 +71,7 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     names = {
         a.path.removeprefix("figures/") for a in client.list_artifacts(result["run_id"], "figures")
     }
-    assert names == {
-        f"{n}.png"
-        for n in (
-            "loss_curves",
-            "metric_curve",
-            "confusion_matrix",
-            "roc",
-            "precision_recall",
-            "calibration",
-            "threshold",
-            "importance",
-            "correlation",
-            "class_balance",
-        )
-    }
+    assert names == {f"{n}.png" for n in BINARY_FIGURES}
     tables = {a.path for a in client.list_artifacts(result["run_id"], "tables")}
     assert tables == {"tables/per_class_metrics.json", "tables/test_predictions.json"}
     # the model: XGBoost's own format, signature, registered version
