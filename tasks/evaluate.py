@@ -172,7 +172,7 @@ def evaluate_model(
     ):
         logged.append(f"figures/{name}.png")
         tracking.log_figure(run_id, fig, logged[-1])
-    for name, table in _tables(info, cfg, preds[0], row_ids, cfg.threshold):
+    for name, table in _tables(info, cfg, preds[0], row_ids):
         tracking.log_table(run_id, table, f"tables/{name}.json")
     get_run_logger().info("Test set: %s", headline(info.task, scores))
     return {"metrics": scores, "figures": logged}
@@ -185,15 +185,11 @@ def _figure_context(
     import xgboost as xgb
 
     booster = xgb.Booster(model_file=model_path)
-    kinds = ("gain", "weight", "cover")
+    importances = {k: booster.get_score(importance_type=k) for k in ("gain", "weight", "cover")}
     targets = {k: pd.read_parquet(p, columns=[info.target])[info.target] for k, p in splits.items()}
     train = pd.read_parquet(splits["train"], columns=info.features)
     return {
-        "importances": {
-            k: booster.get_score(importance_type=k)
-            for k in kinds
-            if booster.get_score(importance_type=k)
-        },
+        "importances": {k: v for k, v in importances.items() if v},  # a stump-only model has none
         "features": train.iloc[figs.sample_index(len(train), cfg.max_points, cfg.seed)],
         "targets": {k: v.to_numpy() for k, v in targets.items()},
         "row_ids": targets["test"].index.to_numpy(),
@@ -205,7 +201,6 @@ def _tables(
     cfg: EvaluateConfig,
     test: tuple[np.ndarray, np.ndarray],
     row_ids: np.ndarray,
-    threshold: float,
 ) -> Iterator[tuple[str, pd.DataFrame]]:
     if info.classes:
         yield "per_class_metrics", per_class_metrics(*test, info.classes)
@@ -216,7 +211,7 @@ def _tables(
                 row_ids,
                 *test,
                 info.classes,
-                threshold=threshold,
+                threshold=cfg.threshold,
                 rows=cfg.sample_predictions,
                 seed=cfg.seed,
             ),
