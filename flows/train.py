@@ -23,6 +23,7 @@ from tasks.config import PipelineConfig
 from tasks.data import load_data, split_data
 from tasks.datasets import dataset_name
 from tasks.evaluate import evaluate_model
+from tasks.explain import explain_model
 from tasks.metrics import HEADLINE
 from tasks.train import check_params, log_model, train_model
 
@@ -130,9 +131,17 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         model_name = cfg.tracking.model_name or f"glassbox-{name}"
         logging = log_model.submit(trained["model"], info, splits, model_name, run.run_id)
+        explaining = (
+            explain_model.submit(
+                cluster, trained["model"], info, splits, cfg.explain, workspace, run.run_id
+            )
+            if cfg.explain.enabled
+            else None
+        )
         evaluated = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
         scores = evaluated["metrics"]
         logged = logging.result()
+        explained = explaining.result() if explaining else {"figures": []}
         result = {
             "run_id": run.run_id,
             "experiment_id": run.experiment_id,
@@ -142,7 +151,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
             "model_version": logged.version,
             "metrics": scores,
             "headline": {k: scores[k] for k in HEADLINE[info.task] if k in scores},
-            "figures": evaluated["figures"],
+            "figures": evaluated["figures"] + explained["figures"],
         }
         _report(run, cfg, result)
     return result

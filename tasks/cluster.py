@@ -127,6 +127,7 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // n_workers)
     with dask.config.set(_local_config(threads)):
         cluster = factory(n_workers=n_workers, threads_per_worker=threads, host="127.0.0.1", **http)
+    # It becomes the default client: xgboost.dask looks one up even when given a client.
     with cluster, Client(cluster) as client:
         link = client.dashboard_link if cfg.dashboard else None
         yield ClusterHandle(client, device, "cuda" if n_gpus else "local", link)

@@ -139,6 +139,25 @@ class EvaluateConfig(_Stage):
         return tuple(names)
 
 
+class ExplainConfig(_Stage):
+    """SHAP explanations (XGBoost's own TreeSHAP on the cluster)."""
+
+    enabled: bool = True
+    shap_rows: int | Literal["all"] = Field(
+        2_000, description="test rows explained for the global figures (seeded, stratified)"
+    )
+    max_display: int = Field(15, ge=1, description="features shown in beeswarm and bar plots")
+    dependence_top_k: int = Field(4, ge=0, description="dependence plots for the top-k features")
+    seed: int = 0
+
+    @field_validator("shap_rows")
+    @classmethod
+    def _positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be 'all' or a positive number of rows")
+        return value
+
+
 class ClusterConfig(_Stage):
     """The Dask cluster that trains: a local one (CUDA when there is a GPU) or an existing one."""
 
@@ -183,6 +202,7 @@ class PipelineConfig(_Stage):
     split: SplitConfig = SplitConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
+    explain: ExplainConfig = ExplainConfig()
     cluster: ClusterConfig = ClusterConfig()
     tracking: TrackingConfig = TrackingConfig()
 

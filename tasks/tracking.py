@@ -52,6 +52,11 @@ def safe_key(name: str) -> str:
     return _UNSAFE.sub("_", name)
 
 
+def slug(name: str) -> str:
+    """A file-name-safe form of any text (feature and class names in artifact paths)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "_"
+
+
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"train": {"params": {"eta": 0.1}}}` -> `{"train.params.eta": 0.1}`."""
     out: dict[str, Any] = {}
@@ -168,6 +173,11 @@ def _log_metric_batch(run_id: str, metrics: list[Metric]) -> None:
 def log_table(run_id: str, table: pd.DataFrame, artifact_file: str) -> None:
     """A table artifact (JSON) that the MLflow UI shows as a table."""
     MlflowClient().log_table(run_id, data=table, artifact_file=artifact_file)
+
+
+def log_file(run_id: str, path: str | Path, artifact_dir: str) -> None:
+    """A local file, copied into the run's artifacts under `artifact_dir`."""
+    MlflowClient().log_artifact(run_id, str(path), artifact_dir)
 
 
 def log_text(run_id: str, text: str, artifact_file: str) -> None:

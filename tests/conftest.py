@@ -67,3 +67,14 @@ def penguins_like(n: int = 300, seed: int = 0) -> pd.DataFrame:
     )
     frame.loc[rng.choice(n, 5, replace=False), "bill_length_mm"] = np.nan
     return frame
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A real local Dask cluster (one worker process, two threads) for one test module; closed
+    before the next module, so flows never run beside a second default client."""
+    from tasks.cluster import dask_cluster
+    from tasks.config import ClusterConfig
+
+    with dask_cluster(ClusterConfig(n_workers=1, threads_per_worker=2)) as handle:
+        yield handle

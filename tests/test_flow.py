@@ -22,6 +22,10 @@ def _run(store, preset="default", **kwargs):
     return train(preset=preset, overrides=overrides, **kwargs)
 
 
+def _names(client, run_id, folder):
+    return {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, folder)}
+
+
 def _points(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
 
@@ -72,6 +76,16 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
         a.path.removeprefix("figures/") for a in client.list_artifacts(result["run_id"], "figures")
     }
     assert names == {f"{n}.png" for n in BINARY_FIGURES}
+    shap_files = _names(client, result["run_id"], "explanations/shap")
+    assert {"shap_values.parquet", "beeswarm.png", "bar.png"} <= shap_files
+    assert len([n for n in shap_files if n.startswith("dependence_")]) == 4
+    import pandas as pd
+
+    values = pd.read_parquet(
+        client.download_artifacts(result["run_id"], "explanations/shap/shap_values.parquet")
+    )
+    assert len(values) == 114 and {"row_id", "base_value", "mean radius"} <= set(values.columns)
+    assert values["row_id"].is_unique and values["row_id"].max() < 569  # ids of the input rows
     tables = {a.path for a in client.list_artifacts(result["run_id"], "tables")}
     assert tables == {"tables/per_class_metrics.json", "tables/test_predictions.json"}
     # the model: XGBoost's own format, signature, registered version
@@ -136,6 +150,10 @@ def test_multiclass_preset(store, client):
         "test_log_loss",
     } <= set(run.data.metrics)
     assert "tuned_threshold" not in run.data.metrics
+    shap_files = _names(client, result["run_id"], "explanations/shap")
+    for name in ("class_0", "class_1", "class_2"):
+        assert {f"beeswarm_{name}.png", f"bar_{name}.png"} <= shap_files
+    assert "bar_stacked.png" in shap_files
     assert run.data.metrics["data_test_share_class_0"] > 0
     table = json.loads(
         Path(

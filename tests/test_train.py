@@ -10,12 +10,6 @@ from tasks.config import ClusterConfig, ConfigError
 from tasks.train import IMBALANCE, best_iteration, check_params, fit, xgb_params
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    with dask_cluster(ClusterConfig(n_workers=1, threads_per_worker=2, dashboard=False)) as handle:
-        yield handle
-
-
 def _dask(n: int, seed: int, npartitions: int = 2):
     rng = np.random.default_rng(seed)
     x = pd.DataFrame(rng.normal(size=(n, 4)), columns=list("abcd"))
