@@ -148,6 +148,15 @@ class ExplainConfig(_Stage):
     )
     max_display: int = Field(15, ge=1, description="features shown in beeswarm and bar plots")
     dependence_top_k: int = Field(4, ge=0, description="dependence plots for the top-k features")
+    top_risk: int = Field(5, ge=0, description="binary: local explanations of the riskiest rows")
+    errors: int = Field(
+        5,
+        ge=0,
+        description="most confident false positives and negatives (each), or the "
+        "largest residuals (regression)",
+    )
+    random_rows: int = Field(5, ge=0, description="seeded random test rows explained locally")
+    row_ids: tuple[int | str, ...] = Field((), description="test rows to explain, by their id")
     seed: int = 0
 
     @field_validator("shap_rows")

@@ -6,6 +6,7 @@ Multi-class models are explained per class, on each class's margin (never a clas
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
 from tasks.cluster import ClusterHandle
-from tasks.config import ExplainConfig, TaskType
+from tasks.config import ConfigError, ExplainConfig, TaskType
 from tasks.data import DatasetInfo, dask_split
 
 
@@ -153,6 +154,101 @@ def shap_figures(
         )
 
 
+def select_rows(
+    row_ids: np.ndarray,
+    y_true: np.ndarray,
+    score: np.ndarray,
+    task: TaskType,
+    cfg: ExplainConfig,
+    threshold: float = 0.5,
+) -> dict[str, list[Any]]:
+    """Which test rows get local explanations, by rule, as the rows' own ids: the riskiest
+    (binary), the most confident false positives and negatives (multi-class: confident
+    errors; regression: largest residuals), a seeded random sample, and ids asked for.
+
+    Raises:
+        ConfigError: when `explain.row_ids` names rows that are not in the test set.
+    """
+    ids = np.asarray(row_ids)
+    out: dict[str, np.ndarray] = {}
+    if task == "binary" and cfg.top_risk:
+        out["top_risk"] = ids[np.argsort(-score, kind="stable")[: cfg.top_risk]]
+    if cfg.errors and task == "regression":
+        out["largest_residuals"] = ids[
+            np.argsort(-np.abs(y_true - score), kind="stable")[: cfg.errors]
+        ]
+    elif cfg.errors:
+        pred = (score >= threshold).astype(int) if score.ndim == 1 else score.argmax(1)
+        confidence = np.where(pred == 1, score, 1 - score) if score.ndim == 1 else score.max(1)
+        wrong = pred != y_true
+        groups = (
+            {"false_positives": wrong & (pred == 1), "false_negatives": wrong & (pred == 0)}
+            if task == "binary"
+            else {"confident_errors": wrong}
+        )
+        for rule, mask in groups.items():
+            picked = np.flatnonzero(mask)[np.argsort(-confidence[mask], kind="stable")]
+            out[rule] = ids[picked[: cfg.errors]]
+    if cfg.random_rows:
+        rng = np.random.default_rng(cfg.seed)
+        out["random"] = ids[
+            np.sort(rng.choice(len(ids), min(cfg.random_rows, len(ids)), replace=False))
+        ]
+    if cfg.row_ids:
+        known = {str(i): i for i in ids}
+        missing = [str(r) for r in cfg.row_ids if str(r) not in known]
+        if missing:
+            raise ConfigError(f"explain.row_ids: not in the test set: {', '.join(missing)}")
+        out["requested"] = np.asarray([known[str(r)] for r in cfg.row_ids])
+    return {
+        rule: [v.item() if hasattr(v, "item") else v for v in rows]
+        for rule, rows in out.items()
+        if len(rows)
+    }
+
+
+def local_plots(
+    contribs: np.ndarray, data: pd.DataFrame, score: np.ndarray, classes: list[str]
+) -> Iterator[tuple[Any, Figure, str]]:
+    """Per row: a waterfall Figure and a force plot as a standalone HTML page. Multi-class rows
+    are explained on the margin of their predicted class."""
+    import io
+
+    import matplotlib.pyplot as plt
+    import shap
+
+    shown = data.apply(lambda c: c.cat.codes.where(c.notna()) if c.dtype == "category" else c)
+    for i, row_id in enumerate(data.index):
+        values = contribs[i] if contribs.ndim == 2 else contribs[i, int(np.argmax(score[i]))]
+        if contribs.ndim == 3:
+            what = f"margin of class {classes[int(np.argmax(score[i]))]}"
+        else:
+            what = f"log-odds of {classes[1]}" if classes else "predicted value"
+        expl = shap.Explanation(
+            values[:-1],
+            values[-1],
+            data=shown.iloc[i].to_numpy(dtype=float),
+            feature_names=list(data.columns),
+        )
+        before = set(plt.get_fignums())
+        plt.figure()  # waterfall draws on the current figure: give each row its own
+        shap.plots.waterfall(expl, max_display=12, show=False)
+        fig = plt.gcf()
+        for num in set(plt.get_fignums()) - before - {fig.number}:
+            plt.close(num)
+        fig.suptitle(f"Row {row_id}: why the model said that ({what})", y=1.02)
+        buffer = io.StringIO()
+        force = shap.plots.force(
+            values[-1],
+            values[:-1],
+            features=data.iloc[i],
+            feature_names=list(data.columns),
+            matplotlib=False,
+        )
+        shap.save_html(buffer, force)
+        yield row_id, fig, buffer.getvalue()
+
+
 @task(name="explain-model", cache_policy=NO_CACHE)
 def explain_model(
     cluster: ClusterHandle,
@@ -175,7 +271,8 @@ def explain_model(
         if len(idx) == len(test)
         else _to_dask(sample[info.features])
     )
-    contribs = shap_values(cluster.client, xgb.Booster(model_file=model_path), features)
+    booster = xgb.Booster(model_file=model_path)
+    contribs = shap_values(cluster.client, booster, features)
     path = Path(workspace) / "shap_values.parquet"
     shap_frame(contribs, sample.index.to_numpy(), info.features, info.classes).to_parquet(path)
     tracking.log_file(run_id, path, "explanations/shap")
@@ -186,8 +283,39 @@ def explain_model(
     ):
         logged.append(f"explanations/shap/{name}.png")
         tracking.log_figure(run_id, fig, logged[-1])
-    get_run_logger().info("SHAP for %d test rows: %d figures", len(idx), len(logged))
-    return {"rows": len(idx), "figures": logged}
+    chosen = _explain_rows(booster, test, info, cfg, run_id)
+    get_run_logger().info(
+        "SHAP for %d test rows: %d figures; local: %s", len(idx), len(logged), chosen
+    )
+    return {"rows": len(idx), "figures": logged, "local": chosen}
+
+
+def _explain_rows(
+    booster: Any, test: pd.DataFrame, info: DatasetInfo, cfg: ExplainConfig, run_id: str
+) -> dict[str, list[Any]]:
+    """Local explanations (waterfall PNG, force HTML) of the rows the rules pick."""
+    import xgboost as xgb
+
+    score = booster.inplace_predict(test[info.features])
+    chosen = select_rows(
+        test.index.to_numpy(), test[info.target].to_numpy(), np.asarray(score), info.task, cfg
+    )
+    rows = test.loc[list(dict.fromkeys(r for ids in chosen.values() for r in ids))]
+    contribs = booster.predict(
+        xgb.DMatrix(rows[info.features], enable_categorical=True), pred_contribs=True
+    )
+    row_score = np.asarray(booster.inplace_predict(rows[info.features]))
+    for row_id, fig, html in local_plots(contribs, rows[info.features], row_score, info.classes):
+        tracking.log_figure(
+            run_id, fig, f"explanations/shap/row_{tracking.slug(str(row_id))}_waterfall.png"
+        )
+        tracking.log_text(
+            run_id, html, f"explanations/shap/row_{tracking.slug(str(row_id))}_force.html"
+        )
+    tracking.log_text(
+        run_id, json.dumps(chosen, indent=2, default=str), "explanations/local_rows.json"
+    )
+    return chosen
 
 
 def _to_dask(frame: pd.DataFrame) -> Any:

@@ -101,3 +101,42 @@ def test_categorical_features_are_explained(cluster):
     np.testing.assert_allclose(contribs.sum(-1), margin, atol=1e-4)
     (e,) = explanations(contribs, x, ["0", "1"]).values()
     assert set(np.unique(e.data[:, 1])) == {0.0, 1.0, 2.0}  # category codes colour the plots
+
+
+def test_local_rows_follow_the_rules_and_keep_the_input_ids():
+    from tasks.config import ConfigError, ExplainConfig
+    from tasks.explain import select_rows
+
+    ids = np.array([100, 101, 102, 103, 104, 105])
+    y = np.array([0, 0, 1, 1, 0, 1])
+    score = np.array([0.9, 0.2, 0.95, 0.1, 0.6, 0.3])
+    cfg = ExplainConfig(top_risk=2, errors=2, random_rows=3, row_ids=(104,), seed=1)
+    rows = select_rows(ids, y, score, "binary", cfg)
+    assert rows["top_risk"] == [102, 100]
+    assert rows["false_positives"] == [100, 104]  # most confident first
+    assert rows["false_negatives"] == [103, 105]
+    assert len(rows["random"]) == 3 and set(rows["random"]) <= set(ids)
+    assert rows["requested"] == [104]
+    assert select_rows(ids, y, score, "binary", cfg) == rows  # seeded
+    reg = select_rows(ids, y * 10.0, score, "regression", ExplainConfig(errors=1, random_rows=0))
+    assert reg == {"largest_residuals": [103]}  # |10 - 0.1|
+    with pytest.raises(ConfigError, match="explain.row_ids: not in the test set: 7"):
+        select_rows(ids, y, score, "binary", ExplainConfig(row_ids=(7,)))
+
+
+def test_local_plots_are_a_waterfall_and_a_force_page_per_row():
+    from tasks.explain import local_plots
+
+    booster, x, _ = _model("multiclass")
+    rows = x.iloc[:2]
+    contribs = booster.predict(xgb.DMatrix(rows), pred_contribs=True)
+    score = booster.predict(xgb.DMatrix(rows))
+    made = list(local_plots(contribs, rows, score, ["c0", "c1", "c2"]))
+    assert [row_id for row_id, _, _ in made] == [0, 1]
+    for row_id, fig, html in made:
+        assert fig._suptitle.get_text().startswith(
+            f"Row {row_id}: why the model said that (margin of class c"
+        )
+        assert "<html>" in html and "SHAP" in html
+        plt.close(fig)
+    assert plt.get_fignums() == []

@@ -79,6 +79,14 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     shap_files = _names(client, result["run_id"], "explanations/shap")
     assert {"shap_values.parquet", "beeswarm.png", "bar.png"} <= shap_files
     assert len([n for n in shap_files if n.startswith("dependence_")]) == 4
+    local = json.loads(
+        Path(
+            client.download_artifacts(result["run_id"], "explanations/local_rows.json")
+        ).read_text()
+    )
+    assert {"top_risk", "false_positives", "false_negatives", "random"} <= set(local)
+    for row_id in local["top_risk"]:
+        assert {f"row_{row_id}_waterfall.png", f"row_{row_id}_force.html"} <= shap_files
     import pandas as pd
 
     values = pd.read_parquet(
