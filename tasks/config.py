@@ -157,6 +157,21 @@ class ExplainConfig(_Stage):
     )
     random_rows: int = Field(5, ge=0, description="seeded random test rows explained locally")
     row_ids: tuple[int | str, ...] = Field((), description="test rows to explain, by their id")
+    plot_rows: int = Field(
+        5_000,
+        ge=1,
+        description="rows drawn in the global figures (a seeded sample of those explained)",
+    )
+    interaction_rows: int = Field(
+        0, ge=0, description="SHAP interaction values for this many rows, as a heatmap (0: off)"
+    )
+    lime: bool = Field(True, description="LIME for the rows explained locally, compared with SHAP")
+    lime_samples: int = Field(5_000, ge=100, description="LIME's perturbed samples per row")
+    lime_train_rows: int = Field(
+        5_000, ge=10, description="training rows LIME's explainer learns its statistics from"
+    )
+    lime_features: int = Field(10, ge=1, description="features shown in LIME's pages and charts")
+    compare_top_k: int = Field(5, ge=1, description="top features compared between SHAP and LIME")
     seed: int = 0
 
     @field_validator("shap_rows")

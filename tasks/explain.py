@@ -207,11 +207,35 @@ def select_rows(
     }
 
 
+def shap_interactions(client: Any, booster: Any, features: Any) -> np.ndarray:
+    """Mean |SHAP interaction value| over rows (and classes) on the cluster: an (F, F) matrix
+    whose diagonal holds the main effects."""
+    import xgboost.dask as dxgb
+
+    matrix = dxgb.DaskDMatrix(client, features, enable_categorical=True)
+    lazy = dxgb.predict(client, booster, matrix, pred_interactions=True)
+    values = np.abs(np.asarray(client.compute(lazy, sync=True)))[..., :-1, :-1]
+    return values.reshape(-1, *values.shape[-2:]).mean(0)
+
+
+def explained_labels(score: np.ndarray, task: TaskType) -> np.ndarray:
+    """The output each local explanation explains: the positive class (binary), the predicted
+    class (multi-class), the value (regression, label 0)."""
+    if score.ndim == 2:
+        return score.argmax(1)
+    return np.full(len(score), 1 if task == "binary" else 0)
+
+
+def row_values(contribs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Each row's SHAP values (+ base value last) for its explained output: (n, F + 1)."""
+    return contribs if contribs.ndim == 2 else contribs[np.arange(len(labels)), labels]
+
+
 def local_plots(
-    contribs: np.ndarray, data: pd.DataFrame, score: np.ndarray, classes: list[str]
+    values: np.ndarray, data: pd.DataFrame, explained: list[str]
 ) -> Iterator[tuple[Any, Figure, str]]:
-    """Per row: a waterfall Figure and a force plot as a standalone HTML page. Multi-class rows
-    are explained on the margin of their predicted class."""
+    """Per row: a waterfall Figure and a force plot as a standalone HTML page, of `values` (SHAP
+    values + base value of the output named in `explained`)."""
     import io
 
     import matplotlib.pyplot as plt
@@ -219,14 +243,9 @@ def local_plots(
 
     shown = data.apply(lambda c: c.cat.codes.where(c.notna()) if c.dtype == "category" else c)
     for i, row_id in enumerate(data.index):
-        values = contribs[i] if contribs.ndim == 2 else contribs[i, int(np.argmax(score[i]))]
-        if contribs.ndim == 3:
-            what = f"margin of class {classes[int(np.argmax(score[i]))]}"
-        else:
-            what = f"log-odds of {classes[1]}" if classes else "predicted value"
         expl = shap.Explanation(
-            values[:-1],
-            values[-1],
+            values[i, :-1],
+            values[i, -1],
             data=shown.iloc[i].to_numpy(dtype=float),
             feature_names=list(data.columns),
         )
@@ -236,17 +255,153 @@ def local_plots(
         fig = plt.gcf()
         for num in set(plt.get_fignums()) - before - {fig.number}:
             plt.close(num)
-        fig.suptitle(f"Row {row_id}: why the model said that ({what})", y=1.02)
+        fig.suptitle(f"Row {row_id}: why the model said that ({explained[i]})", y=1.02)
         buffer = io.StringIO()
         force = shap.plots.force(
-            values[-1],
-            values[:-1],
+            values[i, -1],
+            values[i, :-1],
             features=data.iloc[i],
             feature_names=list(data.columns),
             matplotlib=False,
         )
         shap.save_html(buffer, force)
         yield row_id, fig, buffer.getvalue()
+
+
+def lime_rows(
+    client: Any,
+    booster: Any,
+    train: pd.DataFrame,
+    rows: pd.DataFrame,
+    labels: np.ndarray,
+    info: DatasetInfo,
+    cfg: ExplainConfig,
+) -> list[dict[str, Any]]:
+    """LIME for `rows` (features only), each for its label, in chunks over the Dask workers'
+    threads; the explainer is built once, on a seeded sample of the training rows."""
+    from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk
+
+    sample = train.sample(min(cfg.lime_train_rows, len(train)), random_state=cfg.seed)
+    explainer = build_explainer(
+        encode(sample, info.categories),
+        list(train.columns),
+        info.categories,
+        info.classes,
+        info.task == "regression",
+        cfg.seed,
+    )
+    predict = BoosterPredictor(
+        bytes(booster.save_raw("ubj")),
+        info.task,
+        {info.features.index(c): len(cats) for c, cats in info.categories.items()},
+    )
+    x = encode(rows, info.categories)
+    slots = max(1, sum(client.nthreads().values()))
+    chunks = [c for c in np.array_split(np.arange(len(x)), min(slots, len(x))) if len(c)]
+    shared = client.scatter([explainer, predict], broadcast=True)
+    futures = [
+        client.submit(
+            explain_chunk,
+            *shared,
+            x[c],
+            labels[c].tolist(),
+            c.tolist(),
+            seed=cfg.seed,
+            num_samples=cfg.lime_samples,
+            shown=cfg.lime_features,
+            pure=False,
+        )
+        for c in chunks
+    ]
+    return [r for part in client.gather(futures) for r in part]
+
+
+def agreement(shap_values: np.ndarray, lime_weights: np.ndarray, top_k: int) -> dict[str, float]:
+    """How far LIME agrees with SHAP on one row: the Jaccard overlap of their top-k features by
+    |attribution|, and the Spearman rank correlation of the signed attributions of all
+    features (NaN when either is constant)."""
+    from scipy.stats import spearmanr
+
+    s, w = np.asarray(shap_values, dtype=float), np.asarray(lime_weights, dtype=float)
+    a, b = (set(np.argsort(-np.abs(v), kind="stable")[:top_k].tolist()) for v in (s, w))
+    constant = np.ptp(s) == 0 or np.ptp(w) == 0
+    return {
+        "top_k_jaccard": len(a & b) / len(a | b),
+        "spearman": float("nan") if constant else float(spearmanr(s, w).statistic),
+    }
+
+
+def index_page(entries: list[dict[str, Any]], title: str) -> str:
+    """`explanations/index.html`: one section per explained row with its id, the rules that
+    chose it, label and prediction, the SHAP/LIME agreement, the waterfall and comparison
+    figures embedded (the page works on its own inside MLflow's artifact viewer, which
+    sandboxes it), and the paths of the row's other artifacts, linked relative to the page
+    (links work where the artifacts are files: a download or `mlruns/`)."""
+    import base64
+    import html
+
+    def img(png: bytes | None, alt: str) -> str:
+        if not png:
+            return ""
+        data = base64.b64encode(png).decode()
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+    rows = []
+    toc = []
+    for e in entries:
+        anchor = f"row-{html.escape(tracking.slug(str(e['row_id'])))}"
+        agree = (
+            f"top-{e['top_k']} overlap (Jaccard) {e['top_k_jaccard']:.2f}, "
+            f"rank correlation {e['spearman']:.2f}, LIME local R² {e['lime_score']:.2f}"
+            if "top_k_jaccard" in e
+            else "LIME off"
+        )
+        links = " · ".join(
+            f'<a class="file" href="{html.escape(path)}"><code>explanations/'
+            f"{html.escape(path)}</code></a>"
+            for path in e["files"]
+        )
+        toc.append(
+            f'<tr><td><a href="#{anchor}">{html.escape(str(e["row_id"]))}</a></td>'
+            f"<td>{html.escape(', '.join(e['rules']))}</td><td>{html.escape(e['label'])}</td>"
+            f"<td>{html.escape(e['prediction'])}</td><td>{html.escape(e['explained'])}</td>"
+            f"<td>{e.get('top_k_jaccard', float('nan')):.2f}</td>"
+            f"<td>{e.get('spearman', float('nan')):.2f}</td></tr>"
+        )
+        rows.append(
+            f'<section id="{anchor}"><h2>Row {html.escape(str(e["row_id"]))}</h2>'
+            f"<p>Chosen as: <b>{html.escape(', '.join(e['rules']))}</b>. Label "
+            f"<b>{html.escape(e['label'])}</b>, prediction <b>{html.escape(e['prediction'])}"
+            f"</b>; explained: {html.escape(e['explained'])}.</p><p>SHAP vs LIME: {agree}</p>"
+            f'<div class="figs">{img(e.get("waterfall"), "SHAP waterfall")}'
+            f"{img(e.get('comparison'), 'SHAP vs LIME')}</div>"
+            f'<p class="files">Files: {links}</p></section>'
+        )
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>
+body {{ font-family: system-ui, sans-serif; font-size: 14px; margin: 1em; color: #222; }}
+h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.15em; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
+th {{ background: #f3f3f3; }} section {{ border-top: 1px solid #ddd; margin-top: 1.5em; }}
+.figs img {{ max-width: 48%; margin-right: 1%; vertical-align: top; }}
+.files {{ font-size: 0.85em; color: #555; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<p>{len(entries)} rows explained locally. Interactive pages (SHAP force plots, LIME) are in the
+run's artifacts at the paths listed per row: select them in the MLflow artifact tree.</p>
+<table><tr><th>row</th><th>chosen as</th><th>label</th><th>prediction</th><th>explained</th>
+<th>top-k Jaccard</th><th>Spearman</th></tr>
+{"".join(toc)}</table>
+{"".join(rows)}
+<script>
+// MLflow's artifact viewer shows this page from a sandboxed blob: URL, where links relative to
+// the page lead nowhere: keep the paths as text there.
+if (location.protocol === "blob:") {{
+  document.querySelectorAll("a.file").forEach((a) => a.removeAttribute("href"));
+}}
+</script>
+</body></html>
+"""
 
 
 @task(name="explain-model", cache_policy=NO_CACHE)
@@ -259,63 +414,240 @@ def explain_model(
     workspace: str,
     run_id: str,
 ) -> dict[str, Any]:
-    """SHAP on a sample of the test set (or all of it), computed on the cluster; logs the
-    values as Parquet and the global figures under explanations/shap/."""
+    """SHAP on a sample of the test set (or all of it) on the cluster, with its global figures
+    under explanations/shap/; local SHAP and LIME for the rows the rules pick, compared, with
+    an index page."""
     import xgboost as xgb
 
+    booster = xgb.Booster(model_file=model_path)
     test = pd.read_parquet(splits["test"]).astype(info.feature_dtypes())
-    idx = explain_sample(test[info.target].to_numpy(), info.task, cfg.shap_rows, cfg.seed)
+    rows, figures = _global_shap(cluster, booster, test, info, splits, cfg, workspace, run_id)
+    local = _local(cluster, booster, test, info, splits, cfg, run_id)
+    get_run_logger().info(
+        "SHAP for %d test rows, %d figures; local (SHAP%s): %s",
+        rows,
+        len(figures),
+        " + LIME" if cfg.lime else "",
+        local["chosen"],
+    )
+    return {"rows": rows, "figures": figures, **local}
+
+
+def _global_shap(
+    cluster: ClusterHandle,
+    booster: Any,
+    test: pd.DataFrame,
+    info: DatasetInfo,
+    splits: dict[str, str],
+    cfg: ExplainConfig,
+    workspace: str,
+    run_id: str,
+) -> tuple[int, list[str]]:
+    """Values (Parquet) for the sample or all rows; figures from at most `plot_rows` of them."""
+    y = test[info.target].to_numpy()
+    idx = explain_sample(y, info.task, cfg.shap_rows, cfg.seed)
     sample = test.iloc[idx]
     features = (
         dask_split(splits["test"], info)[0]
         if len(idx) == len(test)
         else _to_dask(sample[info.features])
     )
-    booster = xgb.Booster(model_file=model_path)
     contribs = shap_values(cluster.client, booster, features)
     path = Path(workspace) / "shap_values.parquet"
     shap_frame(contribs, sample.index.to_numpy(), info.features, info.classes).to_parquet(path)
     tracking.log_file(run_id, path, "explanations/shap")
+    shown = explain_sample(y[idx], info.task, cfg.plot_rows, cfg.seed)
+    expl = explanations(contribs[shown], sample[info.features].iloc[shown], info.classes)
     logged = []
-    expl = explanations(contribs, sample[info.features], info.classes)
     for name, fig in shap_figures(
         expl, max_display=cfg.max_display, dependence_top_k=cfg.dependence_top_k
     ):
         logged.append(f"explanations/shap/{name}.png")
         tracking.log_figure(run_id, fig, logged[-1])
-    chosen = _explain_rows(booster, test, info, cfg, run_id)
-    get_run_logger().info(
-        "SHAP for %d test rows: %d figures; local: %s", len(idx), len(logged), chosen
-    )
-    return {"rows": len(idx), "figures": logged, "local": chosen}
+    if cfg.interaction_rows:
+        from tasks.figures import interaction_heatmap
+
+        few = sample.iloc[explain_sample(y[idx], info.task, cfg.interaction_rows, cfg.seed)]
+        mean_abs = shap_interactions(cluster.client, booster, _to_dask(few[info.features]))
+        logged.append("explanations/shap/interactions.png")
+        tracking.log_figure(
+            run_id, interaction_heatmap(mean_abs, info.features, top=cfg.max_display), logged[-1]
+        )
+    return len(idx), logged
 
 
-def _explain_rows(
-    booster: Any, test: pd.DataFrame, info: DatasetInfo, cfg: ExplainConfig, run_id: str
-) -> dict[str, list[Any]]:
-    """Local explanations (waterfall PNG, force HTML) of the rows the rules pick."""
+def _local(
+    cluster: ClusterHandle,
+    booster: Any,
+    test: pd.DataFrame,
+    info: DatasetInfo,
+    splits: dict[str, str],
+    cfg: ExplainConfig,
+    run_id: str,
+) -> dict[str, Any]:
+    """Local SHAP (waterfall, force page) and LIME (page, chart, weights) for the chosen rows,
+    their agreement (table, mean metrics, a figure per row), and explanations/index.html."""
     import xgboost as xgb
 
-    score = booster.inplace_predict(test[info.features])
-    chosen = select_rows(
-        test.index.to_numpy(), test[info.target].to_numpy(), np.asarray(score), info.task, cfg
-    )
-    rows = test.loc[list(dict.fromkeys(r for ids in chosen.values() for r in ids))]
-    contribs = booster.predict(
-        xgb.DMatrix(rows[info.features], enable_categorical=True), pred_contribs=True
-    )
-    row_score = np.asarray(booster.inplace_predict(rows[info.features]))
-    for row_id, fig, html in local_plots(contribs, rows[info.features], row_score, info.classes):
-        tracking.log_figure(
-            run_id, fig, f"explanations/shap/row_{tracking.slug(str(row_id))}_waterfall.png"
-        )
-        tracking.log_text(
-            run_id, html, f"explanations/shap/row_{tracking.slug(str(row_id))}_force.html"
-        )
+    from tasks import figures as figs
+
+    score = np.asarray(booster.inplace_predict(test[info.features]))
+    chosen = select_rows(test.index.to_numpy(), test[info.target].to_numpy(), score, info.task, cfg)
     tracking.log_text(
         run_id, json.dumps(chosen, indent=2, default=str), "explanations/local_rows.json"
     )
-    return chosen
+    ids = list(dict.fromkeys(r for rows in chosen.values() for r in rows))
+    if not ids:
+        return {"chosen": chosen, "metrics": {}}
+    rows = test.loc[ids]
+    row_score = score[test.index.get_indexer(ids)]
+    labels = explained_labels(row_score, info.task)
+    contribs = booster.predict(
+        xgb.DMatrix(rows[info.features], enable_categorical=True), pred_contribs=True
+    )
+    values = row_values(contribs, labels)
+    described = [
+        _describe(info, rows[info.target].iloc[i], row_score[i], labels[i]) for i in range(len(ids))
+    ]
+    lime = (
+        lime_rows(
+            cluster.client,
+            booster,
+            pd.read_parquet(splits["train"]).astype(info.feature_dtypes())[info.features],
+            rows[info.features],
+            labels,
+            info,
+            cfg,
+        )
+        if cfg.lime
+        else None
+    )
+    entries, table = [], []
+    plots = local_plots(values, rows[info.features], [d["explained"] for d in described])
+    for i, (row_id, waterfall, force) in enumerate(plots):
+        name = tracking.slug(str(row_id))
+        entry = {
+            "row_id": row_id,
+            "rules": [rule for rule, picked in chosen.items() if row_id in picked],
+            **described[i],
+            "files": [f"shap/row_{name}_waterfall.png", f"shap/row_{name}_force.html"],
+        }
+        entry["waterfall"] = tracking.log_figure(
+            run_id, waterfall, f"explanations/{entry['files'][0]}"
+        )
+        tracking.log_text(run_id, force, f"explanations/{entry['files'][1]}")
+        if lime is not None:
+            result = lime[i]
+            tracking.log_text(run_id, result.pop("html"), f"explanations/lime/row_{name}.html")
+            agree = agreement(values[i, :-1], np.asarray(result["weights"]), cfg.compare_top_k)
+            record = {
+                "row_id": row_id,
+                "explained": entry["explained"],
+                "prediction": entry["prediction"],
+                "seed": cfg.seed,
+                "num_samples": cfg.lime_samples,
+                **{k: v for k, v in result.items() if k not in ("weights", "conditions")},
+                "weights": {
+                    f: {"condition": c, "weight": w}
+                    for f, c, w in zip(
+                        info.features, result["conditions"], result["weights"], strict=True
+                    )
+                },
+                "shap_vs_lime": agree,
+            }
+            tracking.log_text(
+                run_id,
+                json.dumps(record, indent=2, default=str),
+                f"explanations/lime/row_{name}.json",
+            )
+            tracking.log_figure(
+                run_id,
+                figs.lime_weights(
+                    result["conditions"],
+                    np.asarray(result["weights"]),
+                    top=cfg.lime_features,
+                    title=f"Row {row_id}: LIME ({entry['explained']})",
+                ),
+                f"explanations/lime/row_{name}.png",
+            )
+            entry["comparison"] = tracking.log_figure(
+                run_id,
+                figs.shap_vs_lime(
+                    info.features,
+                    values[i, :-1],
+                    np.asarray(result["weights"]),
+                    top_k=cfg.compare_top_k,
+                    title=f"Row {row_id}: SHAP vs LIME, top-{cfg.compare_top_k} Jaccard "
+                    f"{agree['top_k_jaccard']:.2f}, Spearman {agree['spearman']:.2f}",
+                    shap_unit=f"SHAP ({_shap_unit(info, labels[i])})",
+                    lime_unit=f"LIME ({_lime_unit(info, labels[i])})",
+                ),
+                f"explanations/shap_vs_lime/row_{name}.png",
+            )
+            entry["files"] += [
+                f"lime/row_{name}.html",
+                f"lime/row_{name}.png",
+                f"lime/row_{name}.json",
+                f"shap_vs_lime/row_{name}.png",
+            ]
+            entry.update(agree, top_k=cfg.compare_top_k, lime_score=result["score"])
+            table.append(
+                {
+                    "row_id": str(row_id),
+                    "rules": ", ".join(entry["rules"]),
+                    "explained": entry["explained"],
+                    **agree,
+                    "lime_score": result["score"],
+                }
+            )
+        entries.append(entry)
+    metrics = {}
+    if table:
+        frame = pd.DataFrame(table)
+        tracking.log_table(run_id, frame, "explanations/shap_vs_lime.json")
+        metrics = {
+            f"shap_lime_{k}_mean": float(np.nanmean(frame[k]))
+            for k in ("top_k_jaccard", "spearman")
+            if frame[k].notna().any()
+        }
+        tracking.log_metrics(run_id, metrics)
+    tracking.log_text(
+        run_id, index_page(entries, f"Local explanations: {info.name}"), "explanations/index.html"
+    )
+    return {"chosen": chosen, "metrics": metrics}
+
+
+def _describe(info: DatasetInfo, label: Any, score: Any, explained: int) -> dict[str, str]:
+    """A row's label, prediction and explained output, in words."""
+    if info.task == "regression":
+        return {
+            "label": f"{float(label):.4g}",
+            "prediction": f"{float(score):.4g}",
+            "explained": "predicted value",
+        }
+    name = info.classes[int(label)]
+    if info.task == "binary":
+        return {
+            "label": name,
+            "prediction": f"P({info.classes[1]}) = {float(score):.4g}",
+            "explained": f"class {info.classes[1]}",
+        }
+    top = int(np.argmax(score))
+    return {
+        "label": name,
+        "prediction": f"{info.classes[top]} (P = {float(score[top]):.3g})",
+        "explained": f"class {info.classes[explained]}",
+    }
+
+
+def _shap_unit(info: DatasetInfo, label: int) -> str:
+    if info.task == "regression":
+        return "predicted value"
+    return "log-odds" if info.task == "binary" else f"margin of {info.classes[label]}"
+
+
+def _lime_unit(info: DatasetInfo, label: int) -> str:
+    return "predicted value" if info.task == "regression" else f"P({info.classes[label]})"
 
 
 def _to_dask(frame: pd.DataFrame) -> Any:

@@ -486,3 +486,95 @@ def qq(y_true: np.ndarray, y_pred: np.ndarray, *, max_points: int, seed: int) ->
         )
         ax.legend()
     return fig
+
+
+# --------------------------------------------------------------------------------------------
+# Explanations (local: one row; LIME and SHAP side by side)
+
+
+def _signed_bars(ax: Axes, labels: list[str], values: np.ndarray, bold: set[str]) -> None:
+    """Horizontal bars, largest |value| on top, red pushes up, blue pushes down."""
+    ax.barh(
+        range(len(values))[::-1],
+        values,
+        color=["#d6604d" if v > 0 else "#4393c3" for v in values],
+    )
+    ax.set_yticks(range(len(values))[::-1], labels)
+    for tick, label in zip(ax.get_yticklabels(), labels, strict=True):
+        if label in bold:
+            tick.set_fontweight("bold")
+    ax.axvline(0, color="0.3", lw=0.8)
+
+
+def lime_weights(conditions: list[str], weights: np.ndarray, *, top: int, title: str) -> Figure:
+    """LIME's weights for one row: the `top` largest by magnitude, with the condition LIME
+    states for each feature (its quartile bin or category)."""
+    weights = np.asarray(weights, dtype=float)
+    order = np.argsort(-np.abs(weights), kind="stable")[:top]
+    with style():
+        fig, axes = _figure(size=(7.0, max(2.5, 0.32 * len(order) + 1.3)))
+        ax = axes[0, 0]
+        _signed_bars(ax, [conditions[j] for j in order], weights[order], set())
+        ax.set(title=title, xlabel="LIME weight (local linear model)")
+    return fig
+
+
+def shap_vs_lime(
+    features: list[str],
+    shap_values: np.ndarray,
+    lime_weights: np.ndarray,
+    *,
+    top_k: int,
+    title: str,
+    shap_unit: str,
+    lime_unit: str,
+) -> Figure:
+    """One row's top-k features by SHAP (left) and by LIME (right); features in both top-k
+    lists are in bold."""
+    shap_values, lime_weights = np.asarray(shap_values), np.asarray(lime_weights)
+    tops = [np.argsort(-np.abs(v), kind="stable")[:top_k] for v in (shap_values, lime_weights)]
+    common = {features[j] for j in set(tops[0]) & set(tops[1])}
+    with style():
+        fig, axes = _figure(2, size=(4.6, max(2.5, 0.35 * top_k + 1.4)))
+        for ax, values, order, name, unit in zip(
+            axes[0],
+            (shap_values, lime_weights),
+            tops,
+            ("SHAP", "LIME"),
+            (shap_unit, lime_unit),
+            strict=True,
+        ):
+            _signed_bars(ax, [features[j] for j in order], values[order], common)
+            ax.set(title=f"{name}: top {len(order)}", xlabel=unit)
+        fig.suptitle(title)
+        fig.supxlabel(f"bold: features in both top-{top_k} lists", fontsize="small", color="0.4")
+    return fig
+
+
+def interaction_heatmap(mean_abs: np.ndarray, features: list[str], *, top: int) -> Figure:
+    """Mean |SHAP interaction value| between the `top` features with the largest interactions
+    (off-diagonal; the diagonal holds main effects and is left blank)."""
+    matrix = np.array(mean_abs, dtype=float)
+    np.fill_diagonal(matrix, np.nan)
+    order = np.argsort(-np.nansum(matrix, axis=1), kind="stable")[:top]
+    shown = pd.DataFrame(
+        matrix[np.ix_(order, order)],
+        index=[features[j] for j in order],
+        columns=[features[j] for j in order],
+    )
+    with style():
+        import seaborn as sns
+
+        side = max(5.0, 0.42 * len(shown) + 2)
+        fig, axes = _figure(size=(side + 1, side))
+        sns.heatmap(
+            shown,
+            ax=axes[0, 0],
+            cmap="rocket_r",
+            square=True,
+            annot=len(shown) <= 10,
+            fmt=".2g",
+            cbar_kws={"shrink": 0.7, "label": "mean |SHAP interaction value|"},
+        )
+        axes[0, 0].set_title(f"SHAP interactions (top {len(shown)} features; diagonal blank)")
+    return fig

@@ -184,16 +184,32 @@ def log_text(run_id: str, text: str, artifact_file: str) -> None:
     MlflowClient().log_text(run_id, text, artifact_file)
 
 
-def log_figure(run_id: str, figure: Figure, artifact_file: str) -> None:
-    """Log a matplotlib figure as PNG and close it, so memory does not grow with figures."""
+def log_figure(run_id: str, figure: Figure, artifact_file: str) -> bytes:
+    """Log a matplotlib figure as PNG and close it, so memory does not grow with figures.
+    Returns the PNG, for pages that embed it."""
+    import io
+
     import matplotlib.pyplot as plt
 
+    buffer = io.BytesIO()
     try:
-        MlflowClient().log_figure(
-            run_id, figure, artifact_file, save_kwargs={"dpi": 110, "bbox_inches": "tight"}
-        )
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     finally:
         plt.close(figure)
+    log_bytes(run_id, buffer.getvalue(), artifact_file)
+    return buffer.getvalue()
+
+
+def log_bytes(run_id: str, data: bytes, artifact_file: str) -> None:
+    """A file artifact from bytes in memory, at `artifact_file` (a path inside the run)."""
+    import tempfile
+
+    target = Path(artifact_file)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / target.name
+        path.write_bytes(data)
+        parent = target.parent.as_posix()
+        MlflowClient().log_artifact(run_id, str(path), None if parent == "." else parent)
 
 
 def log_dataset(run_id: str, data: pd.DataFrame, *, name: str, source: str, target: str) -> None:

@@ -125,18 +125,117 @@ def test_local_rows_follow_the_rules_and_keep_the_input_ids():
 
 
 def test_local_plots_are_a_waterfall_and_a_force_page_per_row():
-    from tasks.explain import local_plots
+    from tasks.explain import explained_labels, local_plots, row_values
 
     booster, x, _ = _model("multiclass")
-    rows = x.iloc[:2]
+    rows = x.iloc[[0, 170]]
     contribs = booster.predict(xgb.DMatrix(rows), pred_contribs=True)
-    score = booster.predict(xgb.DMatrix(rows))
-    made = list(local_plots(contribs, rows, score, ["c0", "c1", "c2"]))
-    assert [row_id for row_id, _, _ in made] == [0, 1]
-    for row_id, fig, html in made:
-        assert fig._suptitle.get_text().startswith(
-            f"Row {row_id}: why the model said that (margin of class c"
-        )
+    labels = explained_labels(booster.predict(xgb.DMatrix(rows)), "multiclass")
+    assert labels.tolist() == [0, 2]  # each row on the margin of its predicted class
+    values = row_values(contribs, labels)
+    np.testing.assert_array_equal(values[1], contribs[1, 2])
+    made = list(local_plots(values, rows, ["class c0", "class c2"]))
+    assert [row_id for row_id, _, _ in made] == [0, 170]
+    for (row_id, fig, html), what in zip(made, ["class c0", "class c2"], strict=True):
+        assert fig._suptitle.get_text() == f"Row {row_id}: why the model said that ({what})"
         assert "<html>" in html and "SHAP" in html
         plt.close(fig)
     assert plt.get_fignums() == []
+
+
+def test_interactions_equal_tree_explainer(cluster):
+    from tasks.explain import shap_interactions
+
+    booster, x, _ = _model("multiclass")
+    x = x.iloc[:60]
+    ours = shap_interactions(cluster.client, booster, dd.from_pandas(x, npartitions=2))
+    reference = np.abs(shap.TreeExplainer(booster).shap_interaction_values(x))
+    # shap: (rows, features, features, classes)
+    np.testing.assert_allclose(ours, reference.mean(axis=(0, 3)), atol=1e-4)
+    assert ours.shape == (x.shape[1], x.shape[1])
+
+
+def test_agreement_of_shap_and_lime():
+    from tasks.explain import agreement
+
+    same = agreement(np.array([3.0, -2.0, 1.0, 0.1]), np.array([0.3, -0.2, 0.1, 0.0]), 2)
+    assert same == {"top_k_jaccard": 1.0, "spearman": pytest.approx(1.0)}
+    apart = agreement(np.array([3.0, 2.0, 0.1, 0.2]), np.array([0.0, 0.1, 2.0, 3.0]), 2)
+    assert apart["top_k_jaccard"] == 0.0 and apart["spearman"] < 0
+    half = agreement(np.array([3.0, 2.0, 0.5, 0.1]), np.array([3.0, 0.0, 2.0, 0.1]), 2)
+    assert half["top_k_jaccard"] == pytest.approx(1 / 3)
+    assert np.isnan(agreement(np.ones(3), np.array([1.0, 2.0, 3.0]), 2)["spearman"])
+
+
+def test_lime_on_the_cluster_equals_lime_in_one_process(cluster):
+    from tasks.config import ExplainConfig
+    from tasks.data import DatasetInfo
+    from tasks.explain import lime_rows
+    from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk
+
+    booster, x, _ = _model("multiclass")
+    info = DatasetInfo(
+        name="wine",
+        source="builtin:wine",
+        target="target",
+        task="multiclass",
+        features=list(x.columns),
+        classes=["c0", "c1", "c2"],
+    )
+    cfg = ExplainConfig(lime_samples=800, lime_train_rows=100, lime_features=4, seed=5)
+    rows = x.iloc[[0, 60, 120, 170]]
+    labels = booster.predict(xgb.DMatrix(rows)).argmax(1)
+    spread = lime_rows(cluster.client, booster, x, rows, labels, info, cfg)
+    assert [r["label"] for r in spread] == labels.tolist()
+    explainer = build_explainer(
+        encode(x.sample(100, random_state=5), {}), list(x.columns), {}, info.classes, False, 5
+    )
+    predict = BoosterPredictor(bytes(booster.save_raw("ubj")), "multiclass", {})
+    local = explain_chunk(
+        explainer,
+        predict,
+        encode(rows, {}),
+        labels.tolist(),
+        [0, 1, 2, 3],
+        seed=5,
+        num_samples=800,
+        shown=4,
+    )
+    assert [r["weights"] for r in spread] == [r["weights"] for r in local]
+    assert all(r["html"].count("<html>") == 1 for r in spread)
+
+
+def test_index_page_lists_every_row_with_prediction_label_and_files():
+    from tasks.explain import index_page
+
+    entries = [
+        {
+            "row_id": 41,
+            "rules": ["false_positives", "random"],
+            "label": "malignant",
+            "prediction": "P(benign) = 0.8",
+            "explained": "class benign",
+            "files": ["shap/row_41_waterfall.png", "lime/row_41.html"],
+            "waterfall": b"\x89PNG-waterfall",
+            "comparison": b"\x89PNG-compare",
+            "top_k_jaccard": 0.43,
+            "spearman": 0.86,
+            "lime_score": 0.3,
+            "top_k": 5,
+        },
+        {
+            "row_id": "a<b",
+            "rules": ["requested"],
+            "label": "benign",
+            "prediction": "P(benign) = 0.1",
+            "explained": "class benign",
+            "files": ["shap/row_a_b_waterfall.png"],
+        },
+    ]
+    page = index_page(entries, "Local explanations: demo")
+    assert page.startswith("<!doctype html>") and "<title>Local explanations: demo" in page
+    assert page.count("<section") == 2 and "a&lt;b" in page and "a<b" not in page
+    assert "false_positives, random" in page and "P(benign) = 0.8" in page
+    assert 'href="lime/row_41.html"' in page and "explanations/lime/row_41.html" in page
+    assert page.count("data:image/png;base64,") == 2  # row 41's two figures, embedded
+    assert "top-5 overlap (Jaccard) 0.43" in page and "LIME off" in page

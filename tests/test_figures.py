@@ -290,3 +290,52 @@ def test_figures_are_built_one_at_a_time_and_not_kept():
         assert sum(r() is not None for r in refs) <= 2
     gc.collect()
     assert len(refs) == 10 and all(r() is None for r in refs)
+
+
+def _bars(ax) -> list[float]:
+    return [p.get_width() for p in ax.patches]
+
+
+def test_lime_chart_shows_the_largest_weights_with_lime_s_conditions():
+    weights = np.array([0.01, -0.3, 0.2, 0.05])
+    conditions = ["a <= 1.00", "b > 2.00", "c=red", "0.10 < d <= 0.50"]
+    fig = figs.lime_weights(conditions, weights, top=3, title="Row 7: LIME (class 1)")
+    (ax,) = fig.get_axes()
+    assert ax.get_title() == "Row 7: LIME (class 1)"
+    assert ax.get_xlabel() == "LIME weight (local linear model)"
+    labels = [
+        t.get_text() for t in sorted(ax.get_yticklabels(), key=lambda t: -t.get_position()[1])
+    ]
+    assert labels == ["b > 2.00", "c=red", "0.10 < d <= 0.50"]  # largest |weight| first
+    assert sorted(_bars(ax)) == [-0.3, 0.05, 0.2]
+
+
+def test_shap_vs_lime_puts_each_method_s_top_features_side_by_side():
+    features = ["a", "b", "c", "d"]
+    fig = figs.shap_vs_lime(
+        features,
+        np.array([2.0, -1.0, 0.1, 0.5]),
+        np.array([0.0, -0.2, 0.3, 0.01]),
+        top_k=2,
+        title="Row 7: SHAP vs LIME",
+        shap_unit="SHAP (log-odds)",
+        lime_unit="LIME (P(1))",
+    )
+    shap_ax, lime_ax = fig.get_axes()
+    assert fig._suptitle.get_text() == "Row 7: SHAP vs LIME"
+    assert [shap_ax.get_title(), lime_ax.get_title()] == ["SHAP: top 2", "LIME: top 2"]
+    assert [shap_ax.get_xlabel(), lime_ax.get_xlabel()] == ["SHAP (log-odds)", "LIME (P(1))"]
+    shap_labels = {t.get_text(): t.get_fontweight() for t in shap_ax.get_yticklabels()}
+    lime_labels = {t.get_text(): t.get_fontweight() for t in lime_ax.get_yticklabels()}
+    assert set(shap_labels) == {"a", "b"} and set(lime_labels) == {"c", "b"}
+    assert shap_labels["b"] == lime_labels["b"] == "bold"  # in both top-2 lists
+    assert shap_labels["a"] == "normal"
+
+
+def test_interaction_heatmap_shows_the_strongest_interactions_off_the_diagonal():
+    matrix = np.array([[9.0, 0.1, 0.0], [0.1, 5.0, 2.0], [0.0, 2.0, 1.0]])
+    fig = figs.interaction_heatmap(matrix, ["a", "b", "c"], top=2)
+    heat = fig.get_axes()[0]
+    assert heat.get_title() == "SHAP interactions (top 2 features; diagonal blank)"
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["b", "c"]
+    assert sorted(_texts(heat)) == ["2", "2"]  # the pair (b, c) both ways; diagonal blank

@@ -26,6 +26,15 @@ def _names(client, run_id, folder):
     return {a.path.rsplit("/", 1)[-1] for a in client.list_artifacts(run_id, folder)}
 
 
+def _text(client, run_id, path):
+    return Path(client.download_artifacts(run_id, path)).read_text()
+
+
+def _first_local(client, result):
+    local = json.loads(_text(client, result["run_id"], "explanations/local_rows.json"))
+    return next(iter(local.values()))[0]
+
+
 def _points(client, run_id, key):
     return [m.step for m in client.get_metric_history(run_id, key)]
 
@@ -87,6 +96,28 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     assert {"top_risk", "false_positives", "false_negatives", "random"} <= set(local)
     for row_id in local["top_risk"]:
         assert {f"row_{row_id}_waterfall.png", f"row_{row_id}_force.html"} <= shap_files
+    # LIME for the same rows, compared with SHAP, all reachable from one index page
+    ids = {row_id for rows in local.values() for row_id in rows}
+    assert _names(client, result["run_id"], "explanations/lime") == {
+        f"row_{row_id}.{ext}" for row_id in ids for ext in ("html", "png", "json")
+    }
+    assert _names(client, result["run_id"], "explanations/shap_vs_lime") == {
+        f"row_{row_id}.png" for row_id in ids
+    }
+    some = next(iter(ids))
+    record = json.loads(_text(client, result["run_id"], f"explanations/lime/row_{some}.json"))
+    assert record["row_id"] == some and record["seed"] == 0 and record["label"] == 1
+    assert len(record["weights"]) == 30 and set(record["weights"]["mean radius"]) == {
+        "condition",
+        "weight",
+    }
+    agreement = json.loads(_text(client, result["run_id"], "explanations/shap_vs_lime.json"))
+    assert sorted(int(r[0]) for r in agreement["data"]) == sorted(ids)
+    assert 0 <= metrics["shap_lime_top_k_jaccard_mean"] <= 1
+    assert -1 <= metrics["shap_lime_spearman_mean"] <= 1
+    index = _text(client, result["run_id"], "explanations/index.html")
+    assert all(f"<h2>Row {row_id}</h2>" in index for row_id in ids)
+    assert f'href="lime/row_{some}.html"' in index
     import pandas as pd
 
     values = pd.read_parquet(
@@ -161,7 +192,13 @@ def test_multiclass_preset(store, client):
     shap_files = _names(client, result["run_id"], "explanations/shap")
     for name in ("class_0", "class_1", "class_2"):
         assert {f"beeswarm_{name}.png", f"bar_{name}.png"} <= shap_files
-    assert "bar_stacked.png" in shap_files
+    assert {"bar_stacked.png", "interactions.png"} <= shap_files  # the preset asks for them
+    record = json.loads(
+        _text(
+            client, result["run_id"], f"explanations/lime/row_{_first_local(client, result)}.json"
+        )
+    )
+    assert record["explained"].startswith("class class_")  # the predicted class
     assert run.data.metrics["data_test_share_class_0"] > 0
     table = json.loads(
         Path(
@@ -189,6 +226,13 @@ def test_regression_preset(store, client):
     figures = {a.path for a in client.list_artifacts(result["run_id"], "figures")}
     assert {"figures/predicted_vs_true.png", "figures/residuals.png", "figures/qq.png"} <= figures
     assert "figures/roc.png" not in figures
+    record = json.loads(
+        _text(
+            client, result["run_id"], f"explanations/lime/row_{_first_local(client, result)}.json"
+        )
+    )
+    assert record["explained"] == "predicted value" and record["label"] == 0
+    assert "interactions.png" in _names(client, result["run_id"], "explanations/shap")
 
 
 def test_imbalanced_fraud_gets_scale_pos_weight(store, client):
