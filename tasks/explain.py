@@ -7,6 +7,7 @@ Multi-class models are explained per class, on each class's margin (never a clas
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -421,14 +422,19 @@ def explain_model(
 
     booster = xgb.Booster(model_file=model_path)
     test = pd.read_parquet(splits["test"]).astype(info.feature_dtypes())
+    start = time.perf_counter()
     rows, figures = _global_shap(cluster, booster, test, info, splits, cfg, workspace, run_id)
+    middle = time.perf_counter()
     local = _local(cluster, booster, test, info, splits, cfg, run_id)
     get_run_logger().info(
-        "SHAP for %d test rows, %d figures; local (SHAP%s): %s",
+        "SHAP for %d test rows with %d figures: %.1f s; local SHAP%s for %d rows: %.1f s (%s)",
         rows,
         len(figures),
+        middle - start,
         " + LIME" if cfg.lime else "",
-        local["chosen"],
+        len({r for ids in local["chosen"].values() for r in ids}),
+        time.perf_counter() - middle,
+        ", ".join(f"{rule}: {len(ids)}" for rule, ids in local["chosen"].items()),
     )
     return {"rows": rows, "figures": figures, **local}
 
