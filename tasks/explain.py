@@ -492,29 +492,22 @@ def _local(
     run_id: str,
 ) -> dict[str, Any]:
     """Local SHAP (waterfall, force page) and LIME (page, chart, weights) for the chosen rows,
-    their agreement (table, mean metrics, a figure per row), and explanations/index.html."""
+    their agreement (table, mean metrics, a figure per row), and explanations/index.html; the
+    files are logged in one batch."""
     import xgboost as xgb
-
-    from tasks import figures as figs
 
     score = np.asarray(booster.inplace_predict(test[info.features]))
     chosen = select_rows(test.index.to_numpy(), test[info.target].to_numpy(), score, info.task, cfg)
-    tracking.log_text(
-        run_id, json.dumps(chosen, indent=2, default=str), "explanations/local_rows.json"
-    )
     ids = list(dict.fromkeys(r for rows in chosen.values() for r in rows))
-    if not ids:
-        return {"chosen": chosen, "metrics": {}}
     rows = test.loc[ids]
     row_score = score[test.index.get_indexer(ids)]
     labels = explained_labels(row_score, info.task)
-    contribs = booster.predict(
-        xgb.DMatrix(rows[info.features], enable_categorical=True), pred_contribs=True
+    values = row_values(
+        booster.predict(
+            xgb.DMatrix(rows[info.features], enable_categorical=True), pred_contribs=True
+        ),
+        labels,
     )
-    values = row_values(contribs, labels)
-    described = [
-        _describe(info, rows[info.target].iloc[i], row_score[i], labels[i]) for i in range(len(ids))
-    ]
     lime = (
         lime_rows(
             cluster.client,
@@ -525,102 +518,108 @@ def _local(
             info,
             cfg,
         )
-        if cfg.lime
-        else None
+        if cfg.lime and ids
+        else [None] * len(ids)
     )
-    entries, table = [], []
-    plots = local_plots(values, rows[info.features], [d["explained"] for d in described])
-    for i, (row_id, waterfall, force) in enumerate(plots):
-        name = tracking.slug(str(row_id))
-        entry = {
+    entries = [
+        {
             "row_id": row_id,
             "rules": [rule for rule, picked in chosen.items() if row_id in picked],
-            **described[i],
-            "files": [f"shap/row_{name}_waterfall.png", f"shap/row_{name}_force.html"],
+            **_describe(info, rows[info.target].iloc[i], row_score[i], labels[i]),
         }
-        entry["waterfall"] = tracking.log_figure(
-            run_id, waterfall, f"explanations/{entry['files'][0]}"
-        )
-        tracking.log_text(run_id, force, f"explanations/{entry['files'][1]}")
-        if lime is not None:
+        for i, row_id in enumerate(ids)
+    ]
+    with tracking.artifact_batch(run_id, "explanations") as out:
+        out.text("local_rows.json", json.dumps(chosen, indent=2, default=str))
+        plots = local_plots(values, rows[info.features], [e["explained"] for e in entries])
+        for i, (_, waterfall, force) in enumerate(plots):
+            entry = entries[i]
+            name = tracking.slug(str(entry["row_id"]))
+            entry["files"] = [f"shap/row_{name}_waterfall.png", f"shap/row_{name}_force.html"]
+            entry["waterfall"] = out.figure(entry["files"][0], waterfall)
+            out.text(entry["files"][1], force)
             result = lime[i]
-            tracking.log_text(run_id, result.pop("html"), f"explanations/lime/row_{name}.html")
-            agree = agreement(values[i, :-1], np.asarray(result["weights"]), cfg.compare_top_k)
-            record = {
-                "row_id": row_id,
-                "explained": entry["explained"],
-                "prediction": entry["prediction"],
-                "seed": cfg.seed,
-                "num_samples": cfg.lime_samples,
-                **{k: v for k, v in result.items() if k not in ("weights", "conditions")},
-                "weights": {
-                    f: {"condition": c, "weight": w}
-                    for f, c, w in zip(
-                        info.features, result["conditions"], result["weights"], strict=True
-                    )
-                },
-                "shap_vs_lime": agree,
-            }
-            tracking.log_text(
-                run_id,
-                json.dumps(record, indent=2, default=str),
-                f"explanations/lime/row_{name}.json",
-            )
-            tracking.log_figure(
-                run_id,
-                figs.lime_weights(
-                    result["conditions"],
-                    np.asarray(result["weights"]),
-                    top=cfg.lime_features,
-                    title=f"Row {row_id}: LIME ({entry['explained']})",
-                ),
-                f"explanations/lime/row_{name}.png",
-            )
-            entry["comparison"] = tracking.log_figure(
-                run_id,
-                figs.shap_vs_lime(
-                    info.features,
-                    values[i, :-1],
-                    np.asarray(result["weights"]),
-                    top_k=cfg.compare_top_k,
-                    title=f"Row {row_id}: SHAP vs LIME, top-{cfg.compare_top_k} Jaccard "
-                    f"{agree['top_k_jaccard']:.2f}, Spearman {agree['spearman']:.2f}",
-                    shap_unit=f"SHAP ({_shap_unit(info, labels[i])})",
-                    lime_unit=f"LIME ({_lime_unit(info, labels[i])})",
-                ),
-                f"explanations/shap_vs_lime/row_{name}.png",
-            )
-            entry["files"] += [
-                f"lime/row_{name}.html",
-                f"lime/row_{name}.png",
-                f"lime/row_{name}.json",
-                f"shap_vs_lime/row_{name}.png",
-            ]
-            entry.update(agree, top_k=cfg.compare_top_k, lime_score=result["score"])
-            table.append(
+            if result is not None:
+                _lime_files(out, entry, result, values[i, :-1], int(labels[i]), info, cfg)
+        out.text("index.html", index_page(entries, f"Local explanations: {info.name}"))
+    metrics: dict[str, float] = {}
+    if cfg.lime and entries:
+        keys = ("top_k_jaccard", "spearman")
+        table = pd.DataFrame(
+            [
                 {
-                    "row_id": str(row_id),
-                    "rules": ", ".join(entry["rules"]),
-                    "explained": entry["explained"],
-                    **agree,
-                    "lime_score": result["score"],
+                    "row_id": str(e["row_id"]),
+                    "rules": ", ".join(e["rules"]),
+                    "explained": e["explained"],
+                    **{k: e[k] for k in (*keys, "lime_score")},
                 }
-            )
-        entries.append(entry)
-    metrics = {}
-    if table:
-        frame = pd.DataFrame(table)
-        tracking.log_table(run_id, frame, "explanations/shap_vs_lime.json")
-        metrics = {
-            f"shap_lime_{k}_mean": float(np.nanmean(frame[k]))
-            for k in ("top_k_jaccard", "spearman")
-            if frame[k].notna().any()
-        }
+                for e in entries
+            ]
+        )
+        tracking.log_table(run_id, table, "explanations/shap_vs_lime.json")
+        metrics = {f"shap_lime_{k}_mean": float(table[k].mean()) for k in keys}
+        metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
         tracking.log_metrics(run_id, metrics)
-    tracking.log_text(
-        run_id, index_page(entries, f"Local explanations: {info.name}"), "explanations/index.html"
-    )
     return {"chosen": chosen, "metrics": metrics}
+
+
+def _lime_files(
+    out: tracking.ArtifactBatch,
+    entry: dict[str, Any],
+    result: dict[str, Any],
+    shap_row: np.ndarray,
+    label: int,
+    info: DatasetInfo,
+    cfg: ExplainConfig,
+) -> None:
+    """One row's LIME page, chart and weights, and its SHAP-vs-LIME figure; adds the files
+    and the agreement to the row's index entry."""
+    from tasks import figures as figs
+
+    row_id, name = entry["row_id"], tracking.slug(str(entry["row_id"]))
+    weights = np.asarray(result["weights"])
+    agree = agreement(shap_row, weights, cfg.compare_top_k)
+    files = [f"lime/row_{name}.{ext}" for ext in ("html", "json", "png")]
+    out.text(files[0], result["html"])
+    record = {
+        "row_id": row_id,
+        "explained": entry["explained"],
+        "prediction": entry["prediction"],
+        "seed": cfg.seed,
+        "num_samples": cfg.lime_samples,
+        **{k: v for k, v in result.items() if k not in ("weights", "conditions", "html")},
+        "weights": {
+            feature: {"condition": condition, "weight": weight}
+            for feature, condition, weight in zip(
+                info.features, result["conditions"], result["weights"], strict=True
+            )
+        },
+        "shap_vs_lime": agree,
+    }
+    out.text(files[1], json.dumps(record, indent=2, default=str))
+    chart = figs.lime_weights(
+        result["conditions"],
+        weights,
+        top=cfg.lime_features,
+        title=f"Row {row_id}: LIME ({entry['explained']}), local fit R² {result['score']:.2f}",
+    )
+    out.figure(files[2], chart)
+    files.append(f"shap_vs_lime/row_{name}.png")
+    entry["comparison"] = out.figure(
+        files[-1],
+        figs.shap_vs_lime(
+            info.features,
+            shap_row,
+            weights,
+            top_k=cfg.compare_top_k,
+            title=f"Row {row_id}: SHAP vs LIME, top-{cfg.compare_top_k} Jaccard "
+            f"{agree['top_k_jaccard']:.2f}, Spearman {agree['spearman']:.2f}",
+            shap_unit=f"SHAP ({_shap_unit(info, label)})",
+            lime_unit=f"LIME ({_lime_unit(info, label)})",
+        ),
+    )
+    entry["files"] += files
+    entry.update(agree, top_k=cfg.compare_top_k, lime_score=result["score"])
 
 
 def _describe(info: DatasetInfo, label: Any, score: Any, explained: int) -> dict[str, str]:

@@ -202,7 +202,11 @@ def explain_row(
     named = {}
     for (j, w), (condition, _) in zip(pairs, conditions, strict=True):
         weights[j] = w
-        named[j] = condition
+        # A missing number falls in LIME's top quartile bin; say what the row really holds.
+        missing = j in explainer.discretizer.lambdas and np.isnan(row[j])
+        named[j] = (
+            f"{explainer.feature_names[j]} is missing (LIME: {condition})" if missing else condition
+        )
     exp.local_exp[key] = sorted(pairs, key=lambda p: -abs(p[1]))[:shown]
     return {
         "label": label,

@@ -212,6 +212,46 @@ def log_bytes(run_id: str, data: bytes, artifact_file: str) -> None:
         MlflowClient().log_artifact(run_id, str(path), None if parent == "." else parent)
 
 
+class ArtifactBatch:
+    """Files written into a local folder, logged together when the batch closes."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def _path(self, artifact_file: str) -> Path:
+        path = self.root / artifact_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def text(self, artifact_file: str, text: str) -> None:
+        self._path(artifact_file).write_text(text, encoding="utf-8")
+
+    def figure(self, artifact_file: str, figure: Figure) -> bytes:
+        """The figure as PNG (closed afterwards); returns the PNG for pages that embed it."""
+        import io
+
+        import matplotlib.pyplot as plt
+
+        buffer = io.BytesIO()
+        try:
+            figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        finally:
+            plt.close(figure)
+        self._path(artifact_file).write_bytes(buffer.getvalue())
+        return buffer.getvalue()
+
+
+@contextmanager
+def artifact_batch(run_id: str, artifact_path: str) -> Iterator[ArtifactBatch]:
+    """Many small artifacts under `artifact_path` in one logging call instead of one each
+    (~40 ms a call on a sqlite store; a hundred local-explanation files add up)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        yield ArtifactBatch(Path(tmp))
+        MlflowClient().log_artifacts(run_id, tmp, artifact_path)
+
+
 def log_dataset(run_id: str, data: pd.DataFrame, *, name: str, source: str, target: str) -> None:
     """Record the data set as a run input: name, digest, source and schema."""
     from mlflow.data.code_dataset_source import CodeDatasetSource

@@ -141,4 +141,6 @@ def test_categoricals_and_missing_values_are_explained():
     )
     assert np.isfinite(result["weights"]).all()
     assert result["conditions"][sex] == f"sex={MISSING}"
+    bill = list(frame.columns).index("bill_length_mm")
+    assert result["conditions"][bill].startswith("bill_length_mm is missing (LIME: ")
     assert result["conditions"][list(frame.columns).index("island")].startswith("island=")
