@@ -195,7 +195,7 @@ def explain_row(
         num_features=len(row),
         num_samples=num_samples,
     )
-    key = 0 if regression else label
+    key = 1 if regression else label  # LIME keeps regression weights under 1 (0: negated)
     pairs = exp.as_map()[key]
     conditions = exp.domain_mapper.map_exp_ids(pairs)
     weights = np.zeros(len(row))

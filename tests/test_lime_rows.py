@@ -85,9 +85,11 @@ def _explain(booster, x, task, rows, positions, seed, labels=None, classes=("0",
 
 def test_lime_finds_the_feature_that_drives_the_model_and_gives_a_page():
     booster, x, _ = _signal()
-    (result,) = _explain(booster, x, "binary", x.iloc[[7]], [0], seed=0)
+    high = int(x["x0"].idxmax())
+    (result,) = _explain(booster, x, "binary", x.iloc[[high]], [0], seed=0)
     weights = np.abs(result["weights"])
     assert weights.argmax() == 0 and weights[0] > 5 * weights[1:].max()
+    assert result["weights"][0] > 0  # a high x0 pushes P(1) up, as SHAP says
     assert (
         result["conditions"][0].startswith(("x0 <=", "x0 >"))
         or " < x0 <= " in (result["conditions"][0])
@@ -95,8 +97,10 @@ def test_lime_finds_the_feature_that_drives_the_model_and_gives_a_page():
     assert 0 < result["score"] <= 1
     assert "<html>" in result["html"] and "x0" in result["html"]
     reg, xr, _ = _signal("regression")
-    (value,) = _explain(reg, xr, "regression", xr.iloc[[3]], [0], seed=0, labels=[0])
-    assert np.abs(value["weights"]).argmax() == 0 and value["label"] == 0
+    for row, sign in ((int(xr["x0"].idxmax()), 1), (int(xr["x0"].idxmin()), -1)):
+        (value,) = _explain(reg, xr, "regression", xr.iloc[[row]], [0], seed=0, labels=[0])
+        assert np.abs(value["weights"]).argmax() == 0 and value["label"] == 0
+        assert np.sign(value["weights"][0]) == sign  # the value's direction, not LIME's negation
 
 
 def test_same_seed_same_weights_whatever_the_chunks():
