@@ -384,7 +384,7 @@ body {{ font-family: system-ui, sans-serif; font-size: 14px; margin: 1em; color:
 h1 {{ font-size: 1.4em; }} h2 {{ font-size: 1.15em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; }}
 th {{ background: #f3f3f3; }} section {{ border-top: 1px solid #ddd; margin-top: 1.5em; }}
-.figs img {{ max-width: 48%; margin-right: 1%; vertical-align: top; }}
+.figs img {{ display: block; max-width: 100%; margin-bottom: 0.5em; }}
 .files {{ font-size: 0.85em; color: #555; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
