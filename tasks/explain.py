@@ -275,12 +275,22 @@ def lime_rows(
     train: pd.DataFrame,
     rows: pd.DataFrame,
     labels: np.ndarray,
+    shap_rows: np.ndarray,
     info: DatasetInfo,
     cfg: ExplainConfig,
-) -> list[dict[str, Any]]:
+) -> list[Any]:
     """LIME for `rows` (features only), each for its label, in chunks over the Dask workers'
-    threads; the explainer is built once, on a seeded sample of the training rows."""
-    from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk
+    threads, then each row's comparison with its SHAP values (`shap_rows`, (n, F)) and its
+    figures, drawn on the workers. The explainer is built once, on a seeded sample of the
+    training rows. Returns one future per row (of `lime_rows.row_figures`' result), so the
+    caller can draw the SHAP figures meanwhile."""
+    from tasks.lime_rows import (
+        BoosterPredictor,
+        build_explainer,
+        encode,
+        explain_chunk,
+        row_figures,
+    )
 
     sample = train.sample(min(cfg.lime_train_rows, len(train)), random_state=cfg.seed)
     explainer = build_explainer(
@@ -300,8 +310,9 @@ def lime_rows(
     slots = max(1, sum(client.nthreads().values()))
     chunks = [c for c in np.array_split(np.arange(len(x)), min(slots, len(x))) if len(c)]
     shared = client.scatter([explainer, predict], broadcast=True)
-    futures = [
-        client.submit(
+    futures = []
+    for c in chunks:
+        chunk = client.submit(
             explain_chunk,
             *shared,
             x[c],
@@ -312,23 +323,38 @@ def lime_rows(
             shown=cfg.lime_features,
             pure=False,
         )
-        for c in chunks
-    ]
-    return [r for part in client.gather(futures) for r in part]
+        futures += [
+            client.submit(
+                row_figures,
+                chunk,
+                k,
+                shap_rows[i],
+                info.features,
+                top_k=cfg.compare_top_k,
+                shown=cfg.lime_features,
+                texts=_lime_texts(rows.index[i], int(labels[i]), info, cfg.compare_top_k),
+                pure=False,
+            )
+            for k, i in enumerate(c)
+        ]
+    return futures
 
 
-def agreement(shap_values: np.ndarray, lime_weights: np.ndarray, top_k: int) -> dict[str, float]:
-    """How far LIME agrees with SHAP on one row: the Jaccard overlap of their top-k features by
-    |attribution|, and the Spearman rank correlation of the signed attributions of all
-    features (NaN when either is constant)."""
-    from scipy.stats import spearmanr
-
-    s, w = np.asarray(shap_values, dtype=float), np.asarray(lime_weights, dtype=float)
-    a, b = (set(np.argsort(-np.abs(v), kind="stable")[:top_k].tolist()) for v in (s, w))
-    constant = np.ptp(s) == 0 or np.ptp(w) == 0
+def _lime_texts(row_id: Any, label: int, info: DatasetInfo, top_k: int) -> dict[str, str]:
+    """Titles and units of a row's LIME chart and comparison figure (format templates)."""
+    safe = str(row_id).replace("{", "{{").replace("}", "}}")
+    if info.task == "regression":
+        explained, shap_unit, lime_unit = "predicted value", "predicted value", "predicted value"
+    else:
+        explained = f"class {info.classes[label]}"
+        shap_unit = "log-odds" if info.task == "binary" else f"margin of {info.classes[label]}"
+        lime_unit = f"P({info.classes[label]})"
     return {
-        "top_k_jaccard": len(a & b) / len(a | b),
-        "spearman": float("nan") if constant else float(spearmanr(s, w).statistic),
+        "chart": f"Row {safe}: LIME ({explained}), local fit R² {{score:.2f}}",
+        "comparison": f"Row {safe}: SHAP vs LIME, top-{top_k} Jaccard {{top_k_jaccard:.2f}}, "
+        "Spearman {spearman:.2f}",
+        "shap_unit": f"SHAP ({shap_unit})",
+        "lime_unit": f"LIME ({lime_unit})",
     }
 
 
@@ -508,18 +534,20 @@ def _local(
         ),
         labels,
     )
-    lime = (
+    # LIME and its figures run on the workers while this process draws the SHAP figures.
+    pending = (
         lime_rows(
             cluster.client,
             booster,
             pd.read_parquet(splits["train"]).astype(info.feature_dtypes())[info.features],
             rows[info.features],
             labels,
+            values[:, :-1],
             info,
             cfg,
         )
         if cfg.lime and ids
-        else [None] * len(ids)
+        else []
     )
     entries = [
         {
@@ -538,9 +566,8 @@ def _local(
             entry["files"] = [f"shap/row_{name}_waterfall.png", f"shap/row_{name}_force.html"]
             entry["waterfall"] = out.figure(entry["files"][0], waterfall)
             out.text(entry["files"][1], force)
-            result = lime[i]
-            if result is not None:
-                _lime_files(out, entry, result, values[i, :-1], int(labels[i]), info, cfg)
+        for entry, result in zip(entries, cluster.client.gather(pending), strict=False):
+            _lime_files(out, entry, result, info, cfg)
         out.text("index.html", index_page(entries, f"Local explanations: {info.name}"))
     metrics: dict[str, float] = {}
     if cfg.lime and entries:
@@ -567,59 +594,38 @@ def _lime_files(
     out: tracking.ArtifactBatch,
     entry: dict[str, Any],
     result: dict[str, Any],
-    shap_row: np.ndarray,
-    label: int,
     info: DatasetInfo,
     cfg: ExplainConfig,
 ) -> None:
-    """One row's LIME page, chart and weights, and its SHAP-vs-LIME figure; adds the files
-    and the agreement to the row's index entry."""
-    from tasks import figures as figs
+    """One row's LIME page, weights, chart and SHAP-vs-LIME figure; adds the files and the
+    agreement to the row's index entry."""
+    from tasks.lime_rows import page
 
-    row_id, name = entry["row_id"], tracking.slug(str(entry["row_id"]))
-    weights = np.asarray(result["weights"])
-    agree = agreement(shap_row, weights, cfg.compare_top_k)
+    name = tracking.slug(str(entry["row_id"]))
     files = [f"lime/row_{name}.{ext}" for ext in ("html", "json", "png")]
-    out.text(files[0], result["html"])
+    files.append(f"shap_vs_lime/row_{name}.png")
+    out.text(files[0], page(result))
     record = {
-        "row_id": row_id,
+        "row_id": entry["row_id"],
         "explained": entry["explained"],
         "prediction": entry["prediction"],
         "seed": cfg.seed,
         "num_samples": cfg.lime_samples,
-        **{k: v for k, v in result.items() if k not in ("weights", "conditions", "html")},
+        **{k: result[k] for k in ("label", "intercept", "local_prediction", "score")},
         "weights": {
             feature: {"condition": condition, "weight": weight}
             for feature, condition, weight in zip(
                 info.features, result["conditions"], result["weights"], strict=True
             )
         },
-        "shap_vs_lime": agree,
+        "shap_vs_lime": result["agreement"],
     }
     out.text(files[1], json.dumps(record, indent=2, default=str))
-    chart = figs.lime_weights(
-        result["conditions"],
-        weights,
-        top=cfg.lime_features,
-        title=f"Row {row_id}: LIME ({entry['explained']}), local fit R² {result['score']:.2f}",
-    )
-    out.figure(files[2], chart)
-    files.append(f"shap_vs_lime/row_{name}.png")
-    entry["comparison"] = out.figure(
-        files[-1],
-        figs.shap_vs_lime(
-            info.features,
-            shap_row,
-            weights,
-            top_k=cfg.compare_top_k,
-            title=f"Row {row_id}: SHAP vs LIME, top-{cfg.compare_top_k} Jaccard "
-            f"{agree['top_k_jaccard']:.2f}, Spearman {agree['spearman']:.2f}",
-            shap_unit=f"SHAP ({_shap_unit(info, label)})",
-            lime_unit=f"LIME ({_lime_unit(info, label)})",
-        ),
-    )
+    out.write_bytes(files[2], result["chart"])
+    out.write_bytes(files[3], result["comparison"])
+    entry["comparison"] = result["comparison"]
     entry["files"] += files
-    entry.update(agree, top_k=cfg.compare_top_k, lime_score=result["score"])
+    entry.update(result["agreement"], top_k=cfg.compare_top_k, lime_score=result["score"])
 
 
 def _describe(info: DatasetInfo, label: Any, score: Any, explained: int) -> dict[str, str]:
@@ -643,16 +649,6 @@ def _describe(info: DatasetInfo, label: Any, score: Any, explained: int) -> dict
         "prediction": f"{info.classes[top]} (P = {float(score[top]):.3g})",
         "explained": f"class {info.classes[explained]}",
     }
-
-
-def _shap_unit(info: DatasetInfo, label: int) -> str:
-    if info.task == "regression":
-        return "predicted value"
-    return "log-odds" if info.task == "binary" else f"margin of {info.classes[label]}"
-
-
-def _lime_unit(info: DatasetInfo, label: int) -> str:
-    return "predicted value" if info.task == "regression" else f"P({info.classes[label]})"
 
 
 def _to_dask(frame: pd.DataFrame) -> Any:

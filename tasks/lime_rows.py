@@ -15,6 +15,7 @@ weights do not depend on how rows were chunked.
 from __future__ import annotations
 
 import copy
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,8 +180,8 @@ def explain_row(
     shown: int,
 ) -> dict[str, Any]:
     """One row's LIME explanation, seeded by (seed, position): weights of every feature (in
-    feature order), the condition LIME states for each, intercept, local fit, and LIME's HTML
-    page showing the `shown` largest weights."""
+    feature order), the condition LIME states for each, intercept, local fit, and LIME's
+    explanation object (for `page`, which shows the `shown` largest weights)."""
     # Own copies: threads of one worker share the explainer, and its random state is per row.
     explainer = copy.copy(explainer)
     explainer.discretizer = copy.copy(explainer.discretizer)
@@ -215,8 +216,16 @@ def explain_row(
         "intercept": float(np.ravel(exp.intercept[key])[0]),
         "local_prediction": float(np.ravel(exp.local_pred)[0]),
         "score": float(exp.score),
-        "html": exp.as_html(labels=None if regression else (label,)),
+        # LIME's page is made where it is written (`page`): it embeds ~1 MB of JavaScript,
+        # which is not worth sending back from the workers.
+        "explanation": exp,
     }
+
+
+def page(result: dict[str, Any]) -> str:
+    """LIME's HTML page for a result of `explain_row`."""
+    exp = result["explanation"]
+    return str(exp.as_html(labels=None if exp.mode == "regression" else (result["label"],)))
 
 
 def explain_chunk(
@@ -244,3 +253,58 @@ def explain_chunk(
         )
         for row, label, position in zip(rows, labels, positions, strict=True)
     ]
+
+
+def agreement(shap_values: np.ndarray, lime_weights: np.ndarray, top_k: int) -> dict[str, float]:
+    """How far LIME agrees with SHAP on one row: the Jaccard overlap of their top-k features by
+    |attribution|, and the Spearman rank correlation of the signed attributions of all
+    features (NaN when either is constant)."""
+    from scipy.stats import spearmanr
+
+    s, w = np.asarray(shap_values, dtype=float), np.asarray(lime_weights, dtype=float)
+    a, b = (set(np.argsort(-np.abs(v), kind="stable")[:top_k].tolist()) for v in (s, w))
+    constant = np.ptp(s) == 0 or np.ptp(w) == 0
+    return {
+        "top_k_jaccard": len(a & b) / len(a | b),
+        "spearman": float("nan") if constant else float(spearmanr(s, w).statistic),
+    }
+
+
+def row_figures(
+    chunk: list[dict[str, Any]],
+    k: int,
+    shap_row: np.ndarray,
+    features: list[str],
+    *,
+    top_k: int,
+    shown: int,
+    texts: dict[str, str],
+) -> dict[str, Any]:
+    """Row `k` of a chunk's results with its agreement with SHAP, LIME's bar chart and the
+    SHAP-vs-LIME figure as PNG: drawn on the worker that holds the result, while the client
+    draws the SHAP figures. `texts`: titles (`chart` may use {score}, `comparison` the
+    agreement's keys) and the two methods' units."""
+    from tasks import figures as figs
+
+    result = chunk[k]
+    weights = np.asarray(result["weights"])
+    agree = agreement(shap_row, weights, top_k)
+    chart = figs.lime_weights(
+        result["conditions"], weights, top=shown, title=texts["chart"].format(score=result["score"])
+    )
+    comparison = figs.shap_vs_lime(
+        features,
+        shap_row,
+        weights,
+        top_k=top_k,
+        title=texts["comparison"].format(**agree),
+        shap_unit=texts["shap_unit"],
+        lime_unit=texts["lime_unit"],
+    )
+    return {**result, "agreement": agree, "chart": _png(chart), "comparison": _png(comparison)}
+
+
+def _png(figure: Any) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()

@@ -226,6 +226,9 @@ class ArtifactBatch:
     def text(self, artifact_file: str, text: str) -> None:
         self._path(artifact_file).write_text(text, encoding="utf-8")
 
+    def write_bytes(self, artifact_file: str, data: bytes) -> None:
+        self._path(artifact_file).write_bytes(data)
+
     def figure(self, artifact_file: str, figure: Figure) -> bytes:
         """The figure as PNG (closed afterwards); returns the PNG for pages that embed it."""
         import io

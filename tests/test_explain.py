@@ -156,7 +156,7 @@ def test_interactions_equal_tree_explainer(cluster):
 
 
 def test_agreement_of_shap_and_lime():
-    from tasks.explain import agreement
+    from tasks.lime_rows import agreement
 
     same = agreement(np.array([3.0, -2.0, 1.0, 0.1]), np.array([0.3, -0.2, 0.1, 0.0]), 2)
     assert same == {"top_k_jaccard": 1.0, "spearman": pytest.approx(1.0)}
@@ -171,7 +171,7 @@ def test_lime_on_the_cluster_equals_lime_in_one_process(cluster):
     from tasks.config import ExplainConfig
     from tasks.data import DatasetInfo
     from tasks.explain import lime_rows
-    from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk
+    from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk, page
 
     booster, x, _ = _model("multiclass")
     info = DatasetInfo(
@@ -185,7 +185,11 @@ def test_lime_on_the_cluster_equals_lime_in_one_process(cluster):
     cfg = ExplainConfig(lime_samples=800, lime_train_rows=100, lime_features=4, seed=5)
     rows = x.iloc[[0, 60, 120, 170]]
     labels = booster.predict(xgb.DMatrix(rows)).argmax(1)
-    spread = lime_rows(cluster.client, booster, x, rows, labels, info, cfg)
+    contribs = booster.predict(xgb.DMatrix(rows), pred_contribs=True)
+    shap_rows = contribs[np.arange(4), labels, :-1]
+    spread = cluster.client.gather(
+        lime_rows(cluster.client, booster, x, rows, labels, shap_rows, info, cfg)
+    )
     assert [r["label"] for r in spread] == labels.tolist()
     explainer = build_explainer(
         encode(x.sample(100, random_state=5), {}), list(x.columns), {}, info.classes, False, 5
@@ -202,7 +206,11 @@ def test_lime_on_the_cluster_equals_lime_in_one_process(cluster):
         shown=4,
     )
     assert [r["weights"] for r in spread] == [r["weights"] for r in local]
-    assert all(r["html"].count("<html>") == 1 for r in spread)
+    assert all(page(r).count("<html>") == 1 for r in spread)
+    # each row's figures and agreement, drawn on the worker
+    first = spread[0]
+    assert first["chart"].startswith(b"\x89PNG") and first["comparison"].startswith(b"\x89PNG")
+    assert set(first["agreement"]) == {"top_k_jaccard", "spearman"}
 
 
 def test_index_page_lists_every_row_with_prediction_label_and_files():

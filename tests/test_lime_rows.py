@@ -13,6 +13,7 @@ from tasks.lime_rows import (
     build_explainer,
     encode,
     explain_chunk,
+    page,
 )
 from tests.conftest import penguins_like
 
@@ -95,7 +96,8 @@ def test_lime_finds_the_feature_that_drives_the_model_and_gives_a_page():
         or " < x0 <= " in (result["conditions"][0])
     )
     assert 0 < result["score"] <= 1
-    assert "<html>" in result["html"] and "x0" in result["html"]
+    html = page(result)
+    assert "<html>" in html and "x0" in html
     reg, xr, _ = _signal("regression")
     for row, sign in ((int(xr["x0"].idxmax()), 1), (int(xr["x0"].idxmin()), -1)):
         (value,) = _explain(reg, xr, "regression", xr.iloc[[row]], [0], seed=0, labels=[0])
