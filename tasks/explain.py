@@ -269,28 +269,19 @@ def local_plots(
         yield row_id, fig, buffer.getvalue()
 
 
-def lime_rows(
+def lime_chunks(
     client: Any,
     booster: Any,
     train: pd.DataFrame,
     rows: pd.DataFrame,
     labels: np.ndarray,
-    shap_rows: np.ndarray,
     info: DatasetInfo,
     cfg: ExplainConfig,
-) -> list[Any]:
+) -> list[tuple[Any, np.ndarray]]:
     """LIME for `rows` (features only), each for its label, in chunks over the Dask workers'
-    threads, then each row's comparison with its SHAP values (`shap_rows`, (n, F)) and its
-    figures, drawn on the workers. The explainer is built once, on a seeded sample of the
-    training rows. Returns one future per row (of `lime_rows.row_figures`' result), so the
-    caller can draw the SHAP figures meanwhile."""
-    from tasks.lime_rows import (
-        BoosterPredictor,
-        build_explainer,
-        encode,
-        explain_chunk,
-        row_figures,
-    )
+    threads; the explainer is built once, on a seeded sample of the training rows. Returns
+    (future of the chunk's results, the chunk's row positions) pairs."""
+    from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk
 
     sample = train.sample(min(cfg.lime_train_rows, len(train)), random_state=cfg.seed)
     explainer = build_explainer(
@@ -310,34 +301,55 @@ def lime_rows(
     slots = max(1, sum(client.nthreads().values()))
     chunks = [c for c in np.array_split(np.arange(len(x)), min(slots, len(x))) if len(c)]
     shared = client.scatter([explainer, predict], broadcast=True)
-    futures = []
-    for c in chunks:
-        chunk = client.submit(
-            explain_chunk,
-            *shared,
-            x[c],
-            labels[c].tolist(),
-            c.tolist(),
-            seed=cfg.seed,
-            num_samples=cfg.lime_samples,
+    return [
+        (
+            client.submit(
+                explain_chunk,
+                *shared,
+                x[c],
+                labels[c].tolist(),
+                c.tolist(),
+                seed=cfg.seed,
+                num_samples=cfg.lime_samples,
+                shown=cfg.lime_features,
+                pure=False,
+            ),
+            c,
+        )
+        for c in chunks
+    ]
+
+
+def lime_rows(
+    client: Any,
+    booster: Any,
+    train: pd.DataFrame,
+    rows: pd.DataFrame,
+    labels: np.ndarray,
+    shap_rows: np.ndarray,
+    info: DatasetInfo,
+    cfg: ExplainConfig,
+) -> list[Any]:
+    """`lime_chunks`, then each row's comparison with its SHAP values (`shap_rows`, (n, F))
+    and its figures, drawn on the workers. Returns one future per row (of
+    `lime_rows.row_figures`' result), so the caller can draw the SHAP figures meanwhile."""
+    from tasks.lime_rows import row_figures
+
+    return [
+        client.submit(
+            row_figures,
+            chunk,
+            k,
+            shap_rows[i],
+            info.features,
+            top_k=cfg.compare_top_k,
             shown=cfg.lime_features,
+            texts=_lime_texts(rows.index[i], int(labels[i]), info, cfg.compare_top_k),
             pure=False,
         )
-        futures += [
-            client.submit(
-                row_figures,
-                chunk,
-                k,
-                shap_rows[i],
-                info.features,
-                top_k=cfg.compare_top_k,
-                shown=cfg.lime_features,
-                texts=_lime_texts(rows.index[i], int(labels[i]), info, cfg.compare_top_k),
-                pure=False,
-            )
-            for k, i in enumerate(c)
-        ]
-    return futures
+        for chunk, positions in lime_chunks(client, booster, train, rows, labels, info, cfg)
+        for k, i in enumerate(positions)
+    ]
 
 
 def _lime_texts(row_id: Any, label: int, info: DatasetInfo, top_k: int) -> dict[str, str]:
