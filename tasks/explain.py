@@ -56,11 +56,23 @@ def shap_values(client: Any, booster: Any, features: Any) -> np.ndarray:
 
 
 def explanations(
-    contribs: np.ndarray, data: pd.DataFrame, classes: list[str]
+    contribs: np.ndarray,
+    data: pd.DataFrame,
+    classes: list[str],
+    *,
+    max_rows: int | None = None,
+    y: np.ndarray | None = None,
+    task: TaskType = "regression",
+    seed: int = 0,
 ) -> dict[str | None, Any]:
-    """shap `Explanation`s: one (key None), or one per class for multi-class models."""
+    """shap `Explanation`s: one (key None), or one per class for multi-class models. With
+    `max_rows`, of a seeded sample of at most that many rows (stratified by `y` for classes),
+    which is what the figures draw: all values are kept elsewhere."""
     import shap
 
+    if max_rows is not None and len(data) > max_rows:
+        rows = explain_sample(np.zeros(len(data)) if y is None else y, task, max_rows, seed)
+        contribs, data = contribs[rows], data.iloc[rows]
     shown = data.apply(lambda c: c.cat.codes.where(c.notna()) if c.dtype == "category" else c)
     common = {"data": shown.to_numpy(dtype=float), "feature_names": list(data.columns)}
     if contribs.ndim == 2:
@@ -500,8 +512,15 @@ def _global_shap(
     path = Path(workspace) / "shap_values.parquet"
     shap_frame(contribs, sample.index.to_numpy(), info.features, info.classes).to_parquet(path)
     tracking.log_file(run_id, path, "explanations/shap")
-    shown = explain_sample(y[idx], info.task, cfg.plot_rows, cfg.seed)
-    expl = explanations(contribs[shown], sample[info.features].iloc[shown], info.classes)
+    expl = explanations(
+        contribs,
+        sample[info.features],
+        info.classes,
+        max_rows=cfg.plot_rows,
+        y=y[idx],
+        task=info.task,
+        seed=cfg.seed,
+    )
     logged = []
     for name, fig in shap_figures(
         expl, max_display=cfg.max_display, dependence_top_k=cfg.dependence_top_k

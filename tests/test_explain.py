@@ -53,6 +53,22 @@ def test_sample_is_seeded_and_stratified():
     assert len(explain_sample(rare, "binary", 10, 0)) == 10
 
 
+def test_figures_draw_a_stratified_sample_when_many_rows_are_explained():
+    booster, x, y = _model("multiclass")
+    contribs = booster.predict(xgb.DMatrix(x), pred_contribs=True)
+    expl = explanations(
+        contribs, x, ["a", "b", "c"], max_rows=60, y=y.to_numpy(), task="multiclass", seed=1
+    )
+    assert all(e.values.shape == (60, x.shape[1]) for e in expl.values())
+    kept = x.index.get_indexer(
+        pd.DataFrame(expl["a"].data, columns=x.columns).merge(x.reset_index()).loc[:, "index"]
+    )
+    shares = np.bincount(y.to_numpy()[kept], minlength=3) / 60
+    np.testing.assert_allclose(shares, np.bincount(y.to_numpy()) / len(y), atol=0.02)
+    everything = explanations(contribs, x, ["a", "b", "c"], max_rows=1000)
+    assert everything["a"].values.shape[0] == len(x)
+
+
 def test_values_table_has_row_ids_classes_and_base_values():
     contribs = np.arange(2 * 3 * 3, dtype=float).reshape(2, 3, 3)
     frame = shap_frame(contribs, np.array([7, 9]), ["a", "b"], ["x", "y", "z"])
