@@ -156,7 +156,9 @@ class BoosterPredictor:
             import xgboost as xgb
 
             self._booster = xgb.Booster(model_file=bytearray(self.model))
-            self._booster.set_param({"nthread": self.nthread})
+            # LIME's samples are numpy arrays in host memory: predict there, also for a model
+            # trained on a GPU (no device-mismatch copies).
+            self._booster.set_param({"nthread": self.nthread, "device": "cpu"})
         if self.n_categories:
             x = np.array(x, dtype=float, copy=True)
             for j, n in self.n_categories.items():
