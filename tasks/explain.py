@@ -367,10 +367,10 @@ def lime_rows(
 def _lime_texts(row_id: Any, label: int, info: DatasetInfo, top_k: int) -> dict[str, str]:
     """Titles and units of a row's LIME chart and comparison figure (format templates)."""
     safe = str(row_id).replace("{", "{{").replace("}", "}}")
+    explained = _explained(info, label)
     if info.task == "regression":
-        explained, shap_unit, lime_unit = "predicted value", "predicted value", "predicted value"
+        shap_unit = lime_unit = explained
     else:
-        explained = f"class {info.classes[label]}"
         shap_unit = "log-odds" if info.task == "binary" else f"margin of {info.classes[label]}"
         lime_unit = f"P({info.classes[label]})"
     return {
@@ -659,26 +659,26 @@ def _lime_files(
     entry.update(result["agreement"], top_k=cfg.compare_top_k, lime_score=result["score"])
 
 
+def _explained(info: DatasetInfo, label: int) -> str:
+    """The output a row's local explanations explain (see `explained_labels`), in words."""
+    return "predicted value" if info.task == "regression" else f"class {info.classes[label]}"
+
+
 def _describe(info: DatasetInfo, label: Any, score: Any, explained: int) -> dict[str, str]:
     """A row's label, prediction and explained output, in words."""
     if info.task == "regression":
-        return {
-            "label": f"{float(label):.4g}",
-            "prediction": f"{float(score):.4g}",
-            "explained": "predicted value",
-        }
-    name = info.classes[int(label)]
-    if info.task == "binary":
-        return {
-            "label": name,
-            "prediction": f"P({info.classes[1]}) = {float(score):.4g}",
-            "explained": f"class {info.classes[1]}",
-        }
-    top = int(np.argmax(score))
+        label_text, prediction = f"{float(label):.4g}", f"{float(score):.4g}"
+    elif info.task == "binary":
+        label_text = info.classes[int(label)]
+        prediction = f"P({info.classes[1]}) = {float(score):.4g}"
+    else:
+        top = int(np.argmax(score))
+        label_text = info.classes[int(label)]
+        prediction = f"{info.classes[top]} (P = {float(score[top]):.3g})"
     return {
-        "label": name,
-        "prediction": f"{info.classes[top]} (P = {float(score[top]):.3g})",
-        "explained": f"class {info.classes[explained]}",
+        "label": label_text,
+        "prediction": prediction,
+        "explained": _explained(info, int(explained)),
     }
 
 

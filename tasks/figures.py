@@ -40,6 +40,27 @@ def _figure(
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
+def png(figure: Figure) -> bytes:
+    """The figure as PNG bytes: the one resolution and cropping every Glassbox figure uses."""
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _square_heatmap(matrix: pd.DataFrame, title: str, **heatmap: Any) -> Figure:
+    """A square seaborn heatmap sized by the number of rows, values written in small ones."""
+    with style():
+        import seaborn as sns
+
+        side = max(5.0, 0.42 * len(matrix) + 2)
+        fig, axes = _figure(size=(side + 1, side))
+        sns.heatmap(matrix, ax=axes[0, 0], square=True, **heatmap)
+        axes[0, 0].set_title(title)
+    return fig
+
+
 def sample_index(n: int, max_points: int, seed: int) -> np.ndarray:
     """Row positions to draw: all of them, or a seeded sample of `max_points`."""
     if n <= max_points:
@@ -383,29 +404,17 @@ def correlation(features: pd.DataFrame, order: list[str] | None, top_k: int) -> 
         c for c in numeric.columns if c not in (order or [])
     ]
     corr = numeric[columns[:top_k]].corr()
-    with style():
-        import seaborn as sns
-
-        side = max(5.0, 0.42 * len(corr) + 2)
-        fig, axes = _figure(size=(side + 1, side))
-        sns.heatmap(
-            corr,
-            ax=axes[0, 0],
-            cmap="vlag",
-            center=0,
-            vmin=-1,
-            vmax=1,
-            square=True,
-            annot=len(corr) <= 12,
-            fmt=".2f",
-            cbar_kws={"shrink": 0.7, "label": "Pearson r"},
-        )
-        axes[0, 0].set_title(
-            f"Feature correlation (top {len(corr)} by importance)"
-            if order
-            else "Feature correlation"
-        )
-    return fig
+    return _square_heatmap(
+        corr,
+        f"Feature correlation (top {len(corr)} by importance)" if order else "Feature correlation",
+        cmap="vlag",
+        center=0,
+        vmin=-1,
+        vmax=1,
+        annot=len(corr) <= 12,
+        fmt=".2f",
+        cbar_kws={"shrink": 0.7, "label": "Pearson r"},
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -562,19 +571,11 @@ def interaction_heatmap(mean_abs: np.ndarray, features: list[str], *, top: int) 
         index=[features[j] for j in order],
         columns=[features[j] for j in order],
     )
-    with style():
-        import seaborn as sns
-
-        side = max(5.0, 0.42 * len(shown) + 2)
-        fig, axes = _figure(size=(side + 1, side))
-        sns.heatmap(
-            shown,
-            ax=axes[0, 0],
-            cmap="rocket_r",
-            square=True,
-            annot=len(shown) <= 10,
-            fmt=".2g",
-            cbar_kws={"shrink": 0.7, "label": "mean |SHAP interaction value|"},
-        )
-        axes[0, 0].set_title(f"SHAP interactions (top {len(shown)} features; diagonal blank)")
-    return fig
+    return _square_heatmap(
+        shown,
+        f"SHAP interactions (top {len(shown)} features; diagonal blank)",
+        cmap="rocket_r",
+        annot=len(shown) <= 10,
+        fmt=".2g",
+        cbar_kws={"shrink": 0.7, "label": "mean |SHAP interaction value|"},
+    )

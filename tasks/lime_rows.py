@@ -15,7 +15,6 @@ weights do not depend on how rows were chunked.
 from __future__ import annotations
 
 import copy
-import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -303,10 +302,9 @@ def row_figures(
         shap_unit=texts["shap_unit"],
         lime_unit=texts["lime_unit"],
     )
-    return {**result, "agreement": agree, "chart": _png(chart), "comparison": _png(comparison)}
-
-
-def _png(figure: Any) -> bytes:
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    return buffer.getvalue()
+    return {
+        **result,
+        "agreement": agree,
+        "chart": figs.png(chart),
+        "comparison": figs.png(comparison),
+    }

@@ -184,20 +184,20 @@ def log_text(run_id: str, text: str, artifact_file: str) -> None:
     MlflowClient().log_text(run_id, text, artifact_file)
 
 
-def log_figure(run_id: str, figure: Figure, artifact_file: str) -> bytes:
-    """Log a matplotlib figure as PNG and close it, so memory does not grow with figures.
-    Returns the PNG, for pages that embed it."""
-    import io
+def log_figure(run_id: str, figure: Figure, artifact_file: str) -> None:
+    """Log a matplotlib figure as PNG and close it, so memory does not grow with figures."""
+    log_bytes(run_id, _closed_png(figure), artifact_file)
 
+
+def _closed_png(figure: Figure) -> bytes:
     import matplotlib.pyplot as plt
 
-    buffer = io.BytesIO()
+    from tasks.figures import png
+
     try:
-        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+        return png(figure)
     finally:
-        plt.close(figure)
-    log_bytes(run_id, buffer.getvalue(), artifact_file)
-    return buffer.getvalue()
+        plt.close(figure)  # pyplot-made figures (shap's) stay registered until closed
 
 
 def log_bytes(run_id: str, data: bytes, artifact_file: str) -> None:
@@ -231,17 +231,9 @@ class ArtifactBatch:
 
     def figure(self, artifact_file: str, figure: Figure) -> bytes:
         """The figure as PNG (closed afterwards); returns the PNG for pages that embed it."""
-        import io
-
-        import matplotlib.pyplot as plt
-
-        buffer = io.BytesIO()
-        try:
-            figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-        finally:
-            plt.close(figure)
-        self._path(artifact_file).write_bytes(buffer.getvalue())
-        return buffer.getvalue()
+        data = _closed_png(figure)
+        self.write_bytes(artifact_file, data)
+        return data
 
 
 @contextmanager
