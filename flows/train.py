@@ -133,7 +133,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         logging = log_model.submit(trained["model"], info, splits, model_name, run.run_id)
         explaining = (
             explain_model.submit(
-                cluster, trained["model"], info, splits, cfg.explain, workspace, run.run_id
+                cluster,
+                trained["model"],
+                info,
+                splits,
+                cfg.explain,
+                cfg.evaluate.threshold,
+                workspace,
+                run.run_id,
             )
             if cfg.explain.enabled
             else None

@@ -203,7 +203,7 @@ def _tables(
     row_ids: np.ndarray,
 ) -> Iterator[tuple[str, pd.DataFrame]]:
     if info.classes:
-        yield "per_class_metrics", per_class_metrics(*test, info.classes)
+        yield "per_class_metrics", per_class_metrics(*test, info.classes, cfg.threshold)
     if cfg.sample_predictions:
         yield (
             "test_predictions",

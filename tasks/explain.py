@@ -462,6 +462,7 @@ def explain_model(
     info: DatasetInfo,
     splits: dict[str, str],
     cfg: ExplainConfig,
+    threshold: float,
     workspace: str,
     run_id: str,
 ) -> dict[str, Any]:
@@ -475,7 +476,7 @@ def explain_model(
     start = time.perf_counter()
     rows, figures = _global_shap(cluster, booster, test, info, splits, cfg, workspace, run_id)
     middle = time.perf_counter()
-    local = _local(cluster, booster, test, info, splits, cfg, run_id)
+    local = _local(cluster, booster, test, info, splits, cfg, threshold, run_id)
     get_run_logger().info(
         "SHAP for %d test rows with %d figures: %.1f s; local SHAP%s for %d rows: %.1f s (%s)",
         rows,
@@ -506,7 +507,7 @@ def _global_shap(
     features = (
         dask_split(splits["test"], info)[0]
         if len(idx) == len(test)
-        else _to_dask(sample[info.features])
+        else to_dask(sample[info.features], _slots(cluster))
     )
     contribs = shap_values(cluster.client, booster, features)
     path = Path(workspace) / "shap_values.parquet"
@@ -531,7 +532,9 @@ def _global_shap(
         from tasks.figures import interaction_heatmap
 
         few = sample.iloc[explain_sample(y[idx], info.task, cfg.interaction_rows, cfg.seed)]
-        mean_abs = shap_interactions(cluster.client, booster, _to_dask(few[info.features]))
+        mean_abs = shap_interactions(
+            cluster.client, booster, to_dask(few[info.features], _slots(cluster))
+        )
         logged.append("explanations/shap/interactions.png")
         tracking.log_figure(
             run_id, interaction_heatmap(mean_abs, info.features, top=cfg.max_display), logged[-1]
@@ -546,6 +549,7 @@ def _local(
     info: DatasetInfo,
     splits: dict[str, str],
     cfg: ExplainConfig,
+    threshold: float,
     run_id: str,
 ) -> dict[str, Any]:
     """Local SHAP (waterfall, force page) and LIME (page, chart, weights) for the chosen rows,
@@ -554,7 +558,9 @@ def _local(
     import xgboost as xgb
 
     score = np.asarray(booster.inplace_predict(test[info.features]))
-    chosen = select_rows(test.index.to_numpy(), test[info.target].to_numpy(), score, info.task, cfg)
+    chosen = select_rows(
+        test.index.to_numpy(), test[info.target].to_numpy(), score, info.task, cfg, threshold
+    )
     ids = list(dict.fromkeys(r for rows in chosen.values() for r in rows))
     rows = test.loc[ids]
     row_score = score[test.index.get_indexer(ids)]
@@ -589,7 +595,11 @@ def _local(
         for i, row_id in enumerate(ids)
     ]
     with tracking.artifact_batch(run_id, "explanations") as out:
-        out.text("local_rows.json", json.dumps(chosen, indent=2, default=str))
+        decision = threshold if info.task == "binary" else None
+        out.text(
+            "local_rows.json",
+            json.dumps({"threshold": decision, "rows": chosen}, indent=2, default=str),
+        )
         plots = local_plots(values, rows[info.features], [e["explained"] for e in entries])
         for i, (_, waterfall, force) in enumerate(plots):
             entry = entries[i]
@@ -599,7 +609,10 @@ def _local(
             out.text(entry["files"][1], force)
         for entry, result in zip(entries, cluster.client.gather(pending), strict=False):
             _lime_files(out, entry, result, info, cfg)
-        out.text("index.html", index_page(entries, f"Local explanations: {info.name}"))
+        title = f"Local explanations: {info.name}"
+        if info.task == "binary":
+            title += f" (errors at decision threshold {threshold:g})"
+        out.text("index.html", index_page(entries, title))
     metrics: dict[str, float] = {}
     if cfg.lime and entries:
         keys = ("top_k_jaccard", "spearman")
@@ -659,6 +672,11 @@ def _lime_files(
     entry.update(result["agreement"], top_k=cfg.compare_top_k, lime_score=result["score"])
 
 
+def _slots(cluster: ClusterHandle) -> int:
+    """The cluster's worker threads: how many partitions keep all of them busy."""
+    return max(1, sum(cluster.client.nthreads().values()))
+
+
 def _explained(info: DatasetInfo, label: int) -> str:
     """The output a row's local explanations explain (see `explained_labels`), in words."""
     return "predicted value" if info.task == "regression" else f"class {info.classes[label]}"
@@ -682,7 +700,10 @@ def _describe(info: DatasetInfo, label: Any, score: Any, explained: int) -> dict
     }
 
 
-def _to_dask(frame: pd.DataFrame) -> Any:
+def to_dask(frame: pd.DataFrame, partitions: int = 1) -> Any:
+    """`frame` as a Dask frame in the same row order. `dd.from_pandas` sorts by the index unless
+    told not to, and the values that come back are filed against `frame.index`: a sorted copy
+    would give every row another row's values."""
     import dask.dataframe as dd
 
-    return dd.from_pandas(frame, npartitions=1)
+    return dd.from_pandas(frame, npartitions=max(1, min(partitions, len(frame))), sort=False)

@@ -94,10 +94,13 @@ def multiclass_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float
     return {k: float(v) for k, v in scores.items()}
 
 
-def per_class_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str]) -> pd.DataFrame:
-    """One row per class: precision, recall, F1, support and one-vs-rest AUC."""
+def per_class_metrics(
+    y_true: np.ndarray, proba: np.ndarray, classes: list[str], threshold: float = 0.5
+) -> pd.DataFrame:
+    """One row per class: precision, recall, F1, support and one-vs-rest AUC. Binary labels
+    are decided at `threshold` (the run's), which the table states in a column."""
     labels = list(range(len(classes)))
-    y_pred = proba.argmax(axis=1) if proba.ndim == 2 else (proba >= 0.5).astype(int)
+    y_pred = proba.argmax(axis=1) if proba.ndim == 2 else (proba >= threshold).astype(int)
     scores = proba if proba.ndim == 2 else np.column_stack([1 - proba, proba])
     p, r, f, support = skm.precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
@@ -108,9 +111,10 @@ def per_class_metrics(y_true: np.ndarray, proba: np.ndarray, classes: list[str])
         else np.nan
         for k in labels
     ]
-    return pd.DataFrame(
+    table = pd.DataFrame(
         {"class": classes, "precision": p, "recall": r, "f1": f, "support": support, "roc_auc": auc}
     )
+    return table.assign(threshold=threshold) if proba.ndim == 1 else table
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:

@@ -263,3 +263,70 @@ def test_index_page_lists_every_row_with_prediction_label_and_files():
     assert 'href="lime/row_41.html"' in page and "explanations/lime/row_41.html" in page
     assert page.count("data:image/png;base64,") == 2  # row 41's two figures, embedded
     assert "top-5 overlap (Jaccard) 0.43" in page and "LIME off" in page
+
+
+@pytest.mark.parametrize("task", list(CASES))
+def test_values_are_filed_under_the_ids_of_the_rows_they_explain(cluster, task):
+    """Ids out of order (a shuffled split), a sample of them, several partitions: each id's
+    values equal TreeSHAP of that id's own row, through every path that computes SHAP."""
+    from tasks.explain import row_values, shap_interactions, to_dask
+
+    booster, x, y = _model(task)
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(x))
+    shuffled = x.iloc[order].set_axis(pd.Index(rng.permutation(10 * len(x))[: len(x)]))
+    classes = ["c0", "c1", "c2"] if task == "multiclass" else []
+    idx = explain_sample(y.to_numpy()[order], task, 60, seed=2)
+    sample = shuffled.iloc[idx]
+    assert not sample.index.is_monotonic_increasing  # the case that sorting would break
+    contribs = shap_values(cluster.client, booster, to_dask(sample, 3))
+    table = shap_frame(contribs, sample.index.to_numpy(), list(x.columns), classes)
+    reference = booster.predict(xgb.DMatrix(x.iloc[order[idx]]), pred_contribs=True)
+    for i, row_id in enumerate(sample.index[::7]):
+        expected = reference[i * 7]
+        got = table[table.row_id == row_id]
+        if task == "multiclass":
+            for k, name in enumerate(classes):
+                mine = got[got["class"] == name]
+                np.testing.assert_allclose(
+                    mine[list(x.columns)].to_numpy()[0], expected[k, :-1], atol=1e-4
+                )
+                assert mine["base_value"].item() == pytest.approx(expected[k, -1], abs=1e-4)
+        else:
+            np.testing.assert_allclose(got[list(x.columns)].to_numpy()[0], expected[:-1], atol=1e-4)
+    # every row (no sample), still out of order
+    everything = shap_values(cluster.client, booster, to_dask(shuffled, 4))
+    np.testing.assert_allclose(
+        everything, booster.predict(xgb.DMatrix(x.iloc[order]), pred_contribs=True), atol=1e-4
+    )
+    # interactions of the sample: the mean over exactly those rows
+    mean_abs = shap_interactions(cluster.client, booster, to_dask(sample.iloc[:20], 3))
+    inter = np.abs(booster.predict(xgb.DMatrix(x.iloc[order[idx[:20]]]), pred_interactions=True))
+    np.testing.assert_allclose(
+        mean_abs, inter[..., :-1, :-1].reshape(-1, *mean_abs.shape).mean(0), atol=1e-4
+    )
+    # local rows: each row's values for its explained output
+    labels = np.array([1] * 3) if task == "binary" else np.array([2, 0, 1])[:3]
+    local = row_values(
+        booster.predict(xgb.DMatrix(sample.iloc[[5, 0, 9]]), pred_contribs=True), labels
+    )
+    ref = reference[[5, 0, 9]]
+    np.testing.assert_allclose(
+        local, ref if ref.ndim == 2 else ref[np.arange(3), labels], atol=1e-6
+    )
+
+
+def test_error_rules_use_the_runs_decision_threshold():
+    from tasks.config import ExplainConfig
+    from tasks.explain import select_rows
+
+    ids = np.arange(200, 210)
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 0, 0, 1])
+    score = np.array([0.95, 0.85, 0.7, 0.6, 0.88, 0.3, 0.92, 0.1, 0.2, 0.99])
+    cfg = ExplainConfig(top_risk=0, errors=10, random_rows=0)
+    at_half = select_rows(ids, y, score, "binary", cfg, threshold=0.5)
+    assert at_half["false_positives"] == [200, 201, 202, 203]
+    at_09 = select_rows(ids, y, score, "binary", cfg, threshold=0.9)
+    # at 0.9 only row 200 is predicted positive; rows 204 (0.88) and 205 (0.3) are missed
+    assert at_09["false_positives"] == [200]
+    assert at_09["false_negatives"] == [205, 204]

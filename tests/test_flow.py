@@ -32,7 +32,7 @@ def _text(client, run_id, path):
 
 def _first_local(client, result):
     local = json.loads(_text(client, result["run_id"], "explanations/local_rows.json"))
-    return next(iter(local.values()))[0]
+    return next(iter(local["rows"].values()))[0]
 
 
 def _points(client, run_id, key):
@@ -93,6 +93,8 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
             client.download_artifacts(result["run_id"], "explanations/local_rows.json")
         ).read_text()
     )
+    assert local["threshold"] == 0.5
+    local = local["rows"]
     assert {"top_risk", "false_positives", "false_negatives", "random"} <= set(local)
     for row_id in local["top_risk"]:
         assert {f"row_{row_id}_waterfall.png", f"row_{row_id}_force.html"} <= shap_files
@@ -235,12 +237,65 @@ def test_regression_preset(store, client):
     assert "interactions.png" in _names(client, result["run_id"], "explanations/shap")
 
 
-def test_imbalanced_fraud_gets_scale_pos_weight(store, client):
-    result = _run(store, "fraud", num_boost_round=20, overrides={"data.rows": 30_000})
+def test_fraud_run_files_shap_values_and_threshold_artifacts_that_recomputation_confirms(
+    store, client
+):
+    """6,000 test rows, 500 explained: the sampled path. Each id's SHAP values equal TreeSHAP
+    of that id's row recomputed from the registered model; every artifact that depends on the
+    decision threshold uses the run's (0.2, not 0.5)."""
+    import numpy as np
+    import pandas as pd
+    import xgboost as xgb
+
+    from tasks.datasets import make_fraud
+
+    result = _run(
+        store,
+        "fraud",
+        num_boost_round=20,
+        overrides={
+            "data.rows": 30_000,
+            "explain.shap_rows": 500,
+            "explain.lime": False,
+            "evaluate.threshold": 0.2,
+        },
+    )
     run = client.get_run(result["run_id"])
-    spw = float(run.data.params["xgb.scale_pos_weight"])
-    assert 400 < spw < 800
     assert run.data.metrics["data_train_rows"] == 21_000
+    values = pd.read_parquet(
+        client.download_artifacts(result["run_id"], "explanations/shap/shap_values.parquet")
+    )
+    assert len(values) == 500 and not values["row_id"].is_monotonic_increasing
+    data = make_fraud(30_000, seed=7)
+    features = [c for c in data.columns if c != "Class"]
+    booster = _booster(result)
+    rows = data.loc[values["row_id"], features]
+    expected = booster.predict(xgb.DMatrix(rows), pred_contribs=True)
+    np.testing.assert_allclose(values[features].to_numpy(), expected[:, :-1], atol=1e-4)
+    np.testing.assert_allclose(values["base_value"], expected[:, -1], atol=1e-4)
+    # threshold-dependent artifacts at the run's threshold
+    metrics = run.data.metrics
+    table = json.loads(_text(client, result["run_id"], "tables/per_class_metrics.json"))
+    positive = dict(zip(table["columns"], table["data"][1], strict=True))
+    assert positive["precision"] == pytest.approx(metrics["test_precision_score"])
+    assert positive["recall"] == pytest.approx(metrics["test_recall_score"])
+    assert positive["threshold"] == 0.2
+    local = json.loads(_text(client, result["run_id"], "explanations/local_rows.json"))
+    assert local["threshold"] == 0.2
+    picked = local["rows"].get("false_positives", [])
+    proba = booster.predict(xgb.DMatrix(data.loc[picked, features]))
+    assert (proba >= 0.2).all()
+    assert len(picked) == min(5, metrics["test_false_positives"])
+    missed = local["rows"].get("false_negatives", [])
+    assert len(missed) == min(5, metrics["test_false_negatives"])
+    assert (booster.predict(xgb.DMatrix(data.loc[missed, features])) < 0.2).all()
+
+
+def _booster(result):
+    """The registered model's XGBoost booster, loaded back from MLflow."""
+    import mlflow
+
+    return mlflow.xgboost.load_model(result["model_uri"])
 
 
 def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):

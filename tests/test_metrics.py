@@ -125,3 +125,18 @@ def test_binary_metrics_equal_mlflow_evaluate_for_the_same_names(client):
     } <= shared
     for name in shared:
         assert ours[name] == pytest.approx(result.metrics[name]), name
+
+
+def test_binary_per_class_table_is_decided_at_the_runs_threshold():
+    rng = np.random.default_rng(3)
+    y = (rng.uniform(size=2000) < 0.3).astype(int)
+    proba = np.clip(y * 0.5 + rng.uniform(0, 0.6, 2000), 0, 1)
+    table = per_class_metrics(y, proba, ["neg", "pos"], threshold=0.9).set_index("class")
+    scores = binary_metrics(y, proba, threshold=0.9)
+    assert table.loc["pos", "precision"] == pytest.approx(scores["precision_score"])
+    assert table.loc["pos", "recall"] == pytest.approx(scores["recall_score"])
+    assert (
+        table.loc["pos", "recall"]
+        < per_class_metrics(y, proba, ["neg", "pos"]).set_index("class").loc["pos", "recall"]
+    )
+    assert (table["threshold"] == 0.9).all()
