@@ -20,12 +20,12 @@ from flows.config import Preset, load_config
 from tasks import tracking
 from tasks.cluster import background_cluster
 from tasks.config import PipelineConfig
-from tasks.data import load_data, split_data
+from tasks.data import EXAMPLE_FILE, load_data, split_data
 from tasks.datasets import dataset_name
 from tasks.evaluate import evaluate_model
 from tasks.explain import explain_model
 from tasks.metrics import HEADLINE
-from tasks.train import check_params, log_model, train_model
+from tasks.train import check_objective, check_params, log_model, train_model
 
 
 def _end_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
@@ -98,6 +98,7 @@ def train(
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """The DAG for one validated configuration."""
     check_params(cfg.train.params)
+    check_objective(cfg.data.task, cfg.train.params)
     name = dataset_name(cfg.data.source)
     tags = {
         tracking.PREFECT_RUN_TAG: str(runtime.flow_run.id),
@@ -126,11 +127,19 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
                 "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
             )
         info = loading.result()
+        check_objective(info.task, cfg.train.params)
         splits = split_data(info, cfg.split, workspace, run.run_id)
         trained = train_model(cluster, info, splits, cfg.train, workspace, run.run_id)
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         model_name = cfg.tracking.model_name or f"glassbox-{name}"
-        logging = log_model.submit(trained["model"], info, splits, model_name, run.run_id)
+        logging = log_model.submit(
+            trained["model"],
+            info,
+            str(Path(workspace) / EXAMPLE_FILE),
+            cfg.evaluate.threshold,
+            model_name,
+            run.run_id,
+        )
         explaining = (
             explain_model.submit(
                 cluster,

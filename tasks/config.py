@@ -19,6 +19,26 @@ from pydantic import (
 )
 
 TaskType = Literal["binary", "multiclass", "regression"]
+# Cell values that mean "missing" (pandas' CSV reader already turns most of them into NaN).
+MISSING_TOKENS = (
+    "",
+    "NA",
+    "N/A",
+    "n/a",
+    "na",
+    "NaN",
+    "nan",
+    "NULL",
+    "null",
+    "Null",
+    "None",
+    "none",
+    "?",
+    "-",
+    "--",
+    "#N/A",
+    "missing",
+)
 
 
 class ConfigError(ValueError):
@@ -42,6 +62,21 @@ class DataConfig(_Stage):
         None, description="column holding row ids; default: the row's position in the input"
     )
     drop: tuple[str, ...] = Field((), description="columns that are not features (ids, leaks)")
+    columns: dict[str, Literal["auto", "number", "category", "date", "drop"]] = Field(
+        default_factory=dict,
+        description="per-column type or role, instead of what the profile decides: number, "
+        "category, date, drop (or auto)",
+    )
+    missing_values: tuple[str, ...] = Field(
+        MISSING_TOKENS, description="cell values read as missing (text columns and the target)"
+    )
+    max_unique_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        description="text columns with more distinct values than this share of their rows "
+        "are identifier-like and left out (unless data.columns keeps them)",
+    )
     positive_class: str | None = Field(
         None, description="binary only: the label that is the positive class (encoded as 1)"
     )
@@ -171,7 +206,19 @@ class ExplainConfig(_Stage):
         5_000, ge=10, description="training rows LIME's explainer learns its statistics from"
     )
     lime_features: int = Field(10, ge=1, description="features shown in LIME's pages and charts")
-    compare_top_k: int = Field(5, ge=1, description="top features compared between SHAP and LIME")
+    compare_top_k: int = Field(
+        5,
+        ge=1,
+        description="top features compared between SHAP and LIME (at most a third of the "
+        "features are compared)",
+    )
+    lime_min_score: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="rows whose LIME local fit R² is under this are marked untrusted and left "
+        "out of the agreement metrics",
+    )
     seed: int = 0
 
     @field_validator("shap_rows")

@@ -22,9 +22,11 @@ from sklearn.model_selection import train_test_split
 from tasks import tracking
 from tasks.config import ConfigError, DataConfig, SplitConfig, TaskType
 from tasks.datasets import load_source
+from tasks.preprocess import ColumnProfile, Spec, clean_target, profile_columns, transform
 
 ROW_ID = "row_id"
 SPLITS = ("train", "valid", "test")
+EXAMPLE_FILE = "raw_example.parquet"
 # Integer targets with at most this many distinct values are taken as classes under task=auto.
 MAX_AUTO_CLASSES = 20
 
@@ -41,6 +43,9 @@ class DatasetInfo:
     categories: dict[str, list[str]] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
     n_rows: int = 0
+    # How raw columns become `features` (logged with the model), and what the profile saw.
+    spec: Spec = field(default_factory=lambda: Spec(()))
+    profile: list[ColumnProfile] = field(default_factory=list)
 
     def feature_dtypes(self) -> dict[str, pd.CategoricalDtype]:
         """The categorical dtypes that every split must share (XGBoost uses the codes)."""
@@ -92,21 +97,31 @@ def prepare(
     if not features:
         raise ConfigError("data: no feature columns left after removing the target and data.drop")
 
-    y_raw = frame[target]
+    y_raw = clean_target(frame[target], cfg.missing_values)
     _check_target_values(y_raw, target)
     task = detect_task(y_raw) if cfg.task == "auto" else cfg.task
     y, classes = encode_target(y_raw, task, target=target, positive_class=cfg.positive_class)
-    x, categories = encode_features(frame[features])
-    data = x.assign(**{target: y})
+    spec, profile = profile_columns(
+        frame[features],
+        cfg.columns,
+        missing_tokens=cfg.missing_values,
+        max_unique_share=cfg.max_unique_share,
+    )
+    if not spec.columns:
+        reasons = "; ".join(f"{p.column}: {p.reason}" for p in profile)
+        raise ConfigError(f"data: every feature column was left out ({reasons})")
+    data = transform(frame, spec).assign(**{target: y})
     info = DatasetInfo(
         name=name,
         source=cfg.source,
         target=target,
         task=task,
-        features=features,
-        categories=categories,
+        features=spec.features,
+        categories=spec.categories,
         classes=classes,
         n_rows=len(data),
+        spec=spec,
+        profile=profile,
     )
     return data, info
 
@@ -188,50 +203,6 @@ def encode_target(
     return codes.astype("int32"), names
 
 
-def encode_features(x: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
-    """Strings and categoricals become categoricals with fixed categories; numbers stay.
-
-    Raises:
-        ConfigError: for datetime or other unusable columns, infinite values, or names XGBoost
-            refuses (`[`, `]`, `<`).
-    """
-    bad_names = [c for c in x.columns if any(ch in str(c) for ch in "[]<")]
-    if bad_names:
-        raise ConfigError(
-            "data: XGBoost does not accept '[', ']' or '<' in feature names: "
-            + ", ".join(bad_names)
-        )
-    out: dict[str, pd.Series] = {}
-    categories: dict[str, list[str]] = {}
-    for col in x.columns:
-        s = x[col]
-        if pd.api.types.is_bool_dtype(s) or (
-            pd.api.types.is_numeric_dtype(s) and not isinstance(s.dtype, pd.CategoricalDtype)
-        ):
-            if pd.api.types.is_complex_dtype(s):
-                raise ConfigError(f"data: column '{col}' holds complex numbers")
-            if (
-                not pd.api.types.is_bool_dtype(s)
-                and np.isinf(s.to_numpy(dtype=float, na_value=np.nan)).any()
-            ):
-                raise ConfigError(f"data: feature '{col}' has infinite values; replace them first")
-            # XGBoost computes in float32 anyway; floats let a served model take missing values.
-            out[col] = s.astype("float64") if pd.api.types.is_integer_dtype(s) else s
-        elif pd.api.types.is_string_dtype(s) or isinstance(s.dtype, pd.CategoricalDtype):
-            text = s.astype("string") if not isinstance(s.dtype, pd.CategoricalDtype) else s
-            cats = sorted(str(v) for v in text.dropna().unique())
-            out[col] = pd.Series(
-                pd.Categorical(text.astype("string"), categories=cats), index=s.index
-            )
-            categories[col] = cats
-        else:
-            raise ConfigError(
-                f"data: feature '{col}' has type {s.dtype}, which XGBoost cannot use; "
-                "convert it to numbers or list it in data.drop"
-            )
-    return pd.DataFrame(out, index=x.index), categories
-
-
 def split_frame(data: pd.DataFrame, info: DatasetInfo, cfg: SplitConfig) -> dict[str, pd.DataFrame]:
     """Seeded train/valid/test split, stratified on the target for classification."""
     y = data[info.target]
@@ -304,21 +275,53 @@ def load_data(cfg: DataConfig, workspace: str, run_id: str) -> DatasetInfo:
     frame, default_target, name = load_source(cfg.source, rows=cfg.rows, seed=cfg.seed)
     data, info = prepare(frame, cfg, default_target=default_target, name=name)
     data.to_parquet(Path(workspace) / "data.parquet")
+    # A few raw rows as the user has them: the served model's input example.
+    raw = frame.loc[:, [c.name for c in info.spec.columns]].head(5)
+    raw.to_parquet(Path(workspace) / EXAMPLE_FILE)
     tracking.log_dataset(run_id, data, name=name, source=cfg.source, target=info.target)
     tracking.log_text(run_id, info.to_json(), "data/dataset_info.json")
     if info.classes:
         mapping = {name: code for code, name in enumerate(info.classes)}
         tracking.log_text(run_id, json.dumps(mapping, indent=2), "data/label_mapping.json")
-    tracking.log_params(run_id, {"data.task_resolved": info.task, "data.rows_loaded": info.n_rows})
-    get_run_logger().info(
-        "Loaded %s: %d rows, %d features, task %s%s",
+    tracking.log_table(run_id, profile_table(info.profile), "data/profile.json")
+    tracking.log_params(
+        run_id,
+        {
+            "data.task_resolved": info.task,
+            "data.rows_loaded": info.n_rows,
+            "data.features_used": len(info.features),
+            "data.columns_dropped": sum(p.role == "dropped" for p in info.profile),
+        },
+    )
+    logger = get_run_logger()
+    logger.info(
+        "Loaded %s: %d rows, %d columns -> %d features, task %s%s",
         name,
         info.n_rows,
+        len(info.profile),
         len(info.features),
         info.task,
         f", classes {info.classes}" if info.classes else "",
     )
+    for line in profile_warnings(info.profile):
+        logger.warning(line)
     return info
+
+
+def profile_table(profile: list[ColumnProfile]) -> pd.DataFrame:
+    """`data/profile.json`: one row per input column with what was decided and why."""
+    table = pd.DataFrame([asdict(p) for p in profile])
+    return table.assign(features=table["features"].map(", ".join)) if len(table) else table
+
+
+def profile_warnings(profile: list[ColumnProfile]) -> list[str]:
+    """One line per column that was changed or left out, for the Prefect log."""
+    return [
+        f"column '{p.column}' ({p.dtype}): "
+        + (f"left out: {p.reason}" if p.role == "dropped" else f"{p.kind}: {p.reason}")
+        for p in profile
+        if p.changed
+    ]
 
 
 @task(name="split-data", cache_policy=NO_CACHE)

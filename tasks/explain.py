@@ -345,8 +345,9 @@ def lime_rows(
     """`lime_chunks`, then each row's comparison with its SHAP values (`shap_rows`, (n, F))
     and its figures, drawn on the workers. Returns one future per row (of
     `lime_rows.row_figures`' result), so the caller can draw the SHAP figures meanwhile."""
-    from tasks.lime_rows import row_figures
+    from tasks.lime_rows import compared_k, row_figures
 
+    top_k = compared_k(len(info.features), cfg.compare_top_k)
     return [
         client.submit(
             row_figures,
@@ -354,9 +355,10 @@ def lime_rows(
             k,
             shap_rows[i],
             info.features,
-            top_k=cfg.compare_top_k,
+            top_k=top_k,
             shown=cfg.lime_features,
-            texts=_lime_texts(rows.index[i], int(labels[i]), info, cfg.compare_top_k),
+            texts=_lime_texts(rows.index[i], int(labels[i]), info, top_k),
+            min_score=cfg.lime_min_score,
             pure=False,
         )
         for chunk, positions in lime_chunks(client, booster, train, rows, labels, info, cfg)
@@ -375,8 +377,8 @@ def _lime_texts(row_id: Any, label: int, info: DatasetInfo, top_k: int) -> dict[
         lime_unit = f"P({info.classes[label]})"
     return {
         "chart": f"Row {safe}: LIME ({explained}), local fit R² {{score:.2f}}",
-        "comparison": f"Row {safe}: SHAP vs LIME, top-{top_k} Jaccard {{top_k_jaccard:.2f}}, "
-        "Spearman {spearman:.2f}",
+        "comparison": f"Row {safe}: SHAP vs LIME, top-{top_k} of {len(info.features)} Jaccard "
+        "{top_k_jaccard:.2f} (chance {top_k_jaccard_chance:.2f}), Spearman {spearman:.2f}",
         "shap_unit": f"SHAP ({shap_unit})",
         "lime_unit": f"LIME ({lime_unit})",
     }
@@ -402,8 +404,10 @@ def index_page(entries: list[dict[str, Any]], title: str) -> str:
     for e in entries:
         anchor = f"row-{html.escape(tracking.slug(str(e['row_id'])))}"
         agree = (
-            f"top-{e['top_k']} overlap (Jaccard) {e['top_k_jaccard']:.2f}, "
-            f"rank correlation {e['spearman']:.2f}, LIME local R² {e['lime_score']:.2f}"
+            f"top-{e['top_k']} overlap (Jaccard) {e['top_k_jaccard']:.2f} against "
+            f"{e['top_k_jaccard_chance']:.2f} by chance, rank correlation {e['spearman']:.2f}, "
+            f"LIME local R² {e['lime_score']:.2f}"
+            + ("" if e["trusted"] else " <b>(too low: LIME's surrogate is not to be trusted)</b>")
             if "top_k_jaccard" in e
             else "LIME off"
         )
@@ -615,23 +619,40 @@ def _local(
         out.text("index.html", index_page(entries, title))
     metrics: dict[str, float] = {}
     if cfg.lime and entries:
-        keys = ("top_k_jaccard", "spearman")
-        table = pd.DataFrame(
-            [
-                {
-                    "row_id": str(e["row_id"]),
-                    "rules": ", ".join(e["rules"]),
-                    "explained": e["explained"],
-                    **{k: e[k] for k in (*keys, "lime_score")},
-                }
-                for e in entries
-            ]
-        )
+        table = agreement_table(entries)
         tracking.log_table(run_id, table, "explanations/shap_vs_lime.json")
-        metrics = {f"shap_lime_{k}_mean": float(table[k].mean()) for k in keys}
-        metrics = {k: v for k, v in metrics.items() if np.isfinite(v)}
+        metrics = agreement_metrics(table)
         tracking.log_metrics(run_id, metrics)
     return {"chosen": chosen, "metrics": metrics}
+
+
+AGREEMENT = ("top_k_jaccard", "top_k_jaccard_chance", "top_k_jaccard_adjusted", "spearman")
+
+
+def agreement_table(entries: list[dict[str, Any]]) -> pd.DataFrame:
+    """`explanations/shap_vs_lime.json`: a row per locally explained row."""
+    return pd.DataFrame(
+        [
+            {
+                "row_id": str(e["row_id"]),
+                "rules": ", ".join(e["rules"]),
+                "explained": e["explained"],
+                "top_k": e["top_k"],
+                **{k: e[k] for k in (*AGREEMENT, "lime_score", "trusted")},
+            }
+            for e in entries
+        ]
+    )
+
+
+def agreement_metrics(table: pd.DataFrame) -> dict[str, float]:
+    """Run metrics of the SHAP/LIME agreement over the rows whose LIME fit can be trusted
+    (a surrogate that does not fit says nothing about agreement), and how many those are."""
+    trusted = table[table["trusted"]]
+    metrics = {f"shap_lime_{k}_mean": float(trusted[k].mean()) for k in AGREEMENT}
+    metrics["shap_lime_rows_trusted"] = float(len(trusted))
+    metrics["shap_lime_rows"] = float(len(table))
+    return {k: v for k, v in metrics.items() if np.isfinite(v)}
 
 
 def _lime_files(
@@ -643,7 +664,7 @@ def _lime_files(
 ) -> None:
     """One row's LIME page, weights, chart and SHAP-vs-LIME figure; adds the files and the
     agreement to the row's index entry."""
-    from tasks.lime_rows import page
+    from tasks.lime_rows import compared_k, page
 
     name = tracking.slug(str(entry["row_id"]))
     files = [f"lime/row_{name}.{ext}" for ext in ("html", "json", "png")]
@@ -669,7 +690,12 @@ def _lime_files(
     out.write_bytes(files[3], result["comparison"])
     entry["comparison"] = result["comparison"]
     entry["files"] += files
-    entry.update(result["agreement"], top_k=cfg.compare_top_k, lime_score=result["score"])
+    entry.update(
+        result["agreement"],
+        top_k=compared_k(len(info.features), cfg.compare_top_k),
+        lime_score=result["score"],
+        trusted=result["trusted"],
+    )
 
 
 def _slots(cluster: ClusterHandle) -> int:

@@ -256,17 +256,39 @@ def explain_chunk(
     ]
 
 
+def compared_k(n_features: int, top_k: int) -> int:
+    """The k of the top-k comparison: at most a third of the features, so that two unrelated
+    rankings rarely share their top k (with 5 features, two random top-5 sets are equal)."""
+    return max(1, min(top_k, n_features // 3))
+
+
+def chance_jaccard(n_features: int, k: int) -> float:
+    """Expected Jaccard overlap of two independent random k-subsets of n features: the
+    baseline a top-k agreement has to beat (hypergeometric overlap i, Jaccard i / (2k - i))."""
+    from scipy.stats import hypergeom
+
+    overlap = np.arange(0, k + 1)
+    p = hypergeom(n_features, k, k).pmf(overlap)
+    return float(np.sum(p * overlap / (2 * k - overlap)))
+
+
 def agreement(shap_values: np.ndarray, lime_weights: np.ndarray, top_k: int) -> dict[str, float]:
     """How far LIME agrees with SHAP on one row: the Jaccard overlap of their top-k features by
-    |attribution|, and the Spearman rank correlation of the signed attributions of all
-    features (NaN when either is constant)."""
+    |attribution|, beside what two random top-k sets would score (`_chance`) and the overlap
+    adjusted for it (0 = chance, 1 = the same sets; negative: worse than chance), and the
+    Spearman rank correlation of the signed attributions of all features (NaN when either
+    is constant)."""
     from scipy.stats import spearmanr
 
     s, w = np.asarray(shap_values, dtype=float), np.asarray(lime_weights, dtype=float)
     a, b = (set(np.argsort(-np.abs(v), kind="stable")[:top_k].tolist()) for v in (s, w))
     constant = np.ptp(s) == 0 or np.ptp(w) == 0
+    jaccard = len(a & b) / len(a | b)
+    chance = chance_jaccard(len(s), top_k)
     return {
-        "top_k_jaccard": len(a & b) / len(a | b),
+        "top_k_jaccard": jaccard,
+        "top_k_jaccard_chance": chance,
+        "top_k_jaccard_adjusted": (jaccard - chance) / (1 - chance) if chance < 1 else np.nan,
         "spearman": float("nan") if constant else float(spearmanr(s, w).statistic),
     }
 
@@ -280,31 +302,39 @@ def row_figures(
     top_k: int,
     shown: int,
     texts: dict[str, str],
+    min_score: float = 0.0,
 ) -> dict[str, Any]:
     """Row `k` of a chunk's results with its agreement with SHAP, LIME's bar chart and the
     SHAP-vs-LIME figure as PNG: drawn on the worker that holds the result, while the client
     draws the SHAP figures. `texts`: titles (`chart` may use {score}, `comparison` the
-    agreement's keys) and the two methods' units."""
+    agreement's keys) and the two methods' units. A row whose LIME local fit R² is under
+    `min_score` is marked untrusted, in its titles too."""
     from tasks import figures as figs
 
     result = chunk[k]
     weights = np.asarray(result["weights"])
     agree = agreement(shap_row, weights, top_k)
+    trusted = bool(result["score"] >= min_score)
+    warning = "" if trusted else f"\nLIME's local fit R² is under {min_score:g}: not to be trusted"
     chart = figs.lime_weights(
-        result["conditions"], weights, top=shown, title=texts["chart"].format(score=result["score"])
+        result["conditions"],
+        weights,
+        top=shown,
+        title=texts["chart"].format(score=result["score"]) + warning,
     )
     comparison = figs.shap_vs_lime(
         features,
         shap_row,
         weights,
         top_k=top_k,
-        title=texts["comparison"].format(**agree),
+        title=texts["comparison"].format(**agree) + warning,
         shap_unit=texts["shap_unit"],
         lime_unit=texts["lime_unit"],
     )
     return {
         **result,
         "agreement": agree,
+        "trusted": trusted,
         "chart": figs.png(chart),
         "comparison": figs.png(comparison),
     }

@@ -59,6 +59,8 @@ def binary_metrics(
         example_count=len(y_true),
         roc_auc=skm.roc_auc_score(y_true, proba),
         average_precision=skm.average_precision_score(y_true, proba),
+        # MLflow's name for the same value (it reports average precision as the PR AUC)
+        precision_recall_auc=skm.average_precision_score(y_true, proba),
         log_loss=skm.log_loss(y_true, proba, labels=[0, 1]),
         brier_score=skm.brier_score_loss(y_true, proba),
     )
@@ -74,7 +76,8 @@ def best_f1_threshold(y_true: np.ndarray, proba: np.ndarray) -> float:
 
 def multiclass_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """Accuracy, balanced accuracy, macro/weighted precision, recall, F1 and one-vs-rest AUC,
-    log loss, from (n, K) class probabilities."""
+    log loss, from (n, K) class probabilities; the weighted ones also under MLflow's names
+    (`f1_score`, `precision_score`, `recall_score`, `roc_auc`)."""
     labels = list(range(proba.shape[1]))
     y_pred = proba.argmax(axis=1)
     scores: dict[str, Any] = {
@@ -91,6 +94,10 @@ def multiclass_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float
         scores[f"roc_auc_{average}"] = skm.roc_auc_score(
             y_true, proba, labels=labels, average=average, multi_class="ovr"
         )
+    # mlflow.models.evaluate's names: weighted averages without a suffix
+    for name in ("precision", "recall", "f1"):
+        scores[f"{name}_score"] = scores[f"{name}_weighted"]
+    scores["roc_auc"] = scores["roc_auc_weighted"]
     return {k: float(v) for k, v in scores.items()}
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import mlflow
-import mlflow.xgboost
+import mlflow.pyfunc
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 
@@ -25,7 +25,6 @@ from tasks.config import TrackingConfig
 
 if TYPE_CHECKING:
     import pandas as pd
-    import xgboost as xgb
     from matplotlib.figure import Figure
 
 FAILURE_TAG = "glassbox.failure_reason"
@@ -294,45 +293,97 @@ class LoggedModel:
     version: str | None
 
 
-def log_xgboost_model(
+class GlassboxModel(mlflow.pyfunc.PythonModel):
+    """The registered model as MLflow serves it: raw rows in (strings, missing values, columns
+    in any order, extra columns ignored), the training run's preprocessing applied
+    (`tasks.serving`), labels by name out; `params={"predict_method": "predict_proba"}` gives
+    a probability column per class."""
+
+    def load_context(self, context: Any) -> None:
+        import xgboost as xgb
+
+        from tasks.serving import ModelCard
+
+        self.card = ModelCard.from_json(Path(context.artifacts["card"]).read_text())
+        self.booster = xgb.Booster(model_file=context.artifacts["booster"])
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        import pandas as pd
+
+        from tasks import serving
+
+        rows = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        method = (params or {}).get("predict_method", "predict")
+        return serving.predict(self.booster, self.card, rows, method)
+
+
+def model_signature(card: Any) -> Any:
+    """The raw input as a user has it (one column per raw column the model reads, its type as
+    loaded), the output (labels, or values), and the `predict_method` parameter."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import AnyType, ColSpec, ParamSchema, ParamSpec, Schema
+
+    inputs = Schema(
+        [
+            ColSpec(AnyType() if c.raw_type == "any" else c.raw_type, c.name)
+            for c in card.spec.columns
+        ]
+    )
+    outputs = Schema([ColSpec("double" if card.task == "regression" else "string")])
+    params = ParamSchema([ParamSpec("predict_method", "string", "predict")])
+    return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def log_glassbox_model(
     run_id: str,
-    booster: xgb.Booster,
+    booster_path: str,
+    card: Any,
     input_example: pd.DataFrame,
     *,
     registered_model_name: str | None,
     metadata: dict[str, Any] | None = None,
 ) -> LoggedModel:
-    """Log a Booster in XGBoost's own format (UBJSON) with signature, example and requirements.
+    """Log the pyfunc model (booster in XGBoost's UBJSON format + the model card) into the
+    run's own experiment and artifact location, linked to the run, and register it.
 
     Requirements are given explicitly: MLflow's inference of them costs seconds per model.
-    MLflow's pyfunc wrapper builds its DMatrix without `enable_categorical`, so a model with
-    categorical features gets its signature but no input example (MLflow would try, and fail, to
-    serve it); load such a model with `mlflow.xgboost.load_model` and pass categorical dtypes
-    (the categories are in the model's metadata).
+    The `tasks` package travels with the model (`code_paths`), so serving needs no install
+    of Glassbox.
     """
+    import tempfile
+
     import numpy as np
     import pandas as pd
+    import pydantic
     import xgboost as xgb
-    from mlflow.models import infer_signature
 
-    output = booster.inplace_predict(input_example)
-    signature = infer_signature(input_example, output)
-    categorical = any(isinstance(t, pd.CategoricalDtype) for t in input_example.dtypes)
-    info = mlflow.xgboost.log_model(
-        booster,
-        name="model",
-        run_id=run_id,
-        model_format="ubj",
-        signature=signature,
-        input_example=None if categorical else input_example,
-        metadata=metadata,
-        registered_model_name=registered_model_name,
-        pip_requirements=[
-            f"xgboost=={xgb.__version__}",
-            f"pandas=={pd.__version__}",
-            f"numpy=={np.__version__}",
-        ],
-    )
+    import tasks
+
+    client = MlflowClient()
+    experiment_id = client.get_run(run_id).info.experiment_id
+    # Created here so the model lands in the run's experiment: `log_model` alone files it
+    # under the active experiment, which is "Default" in a flow.
+    model = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        card_path = Path(tmp) / "card.json"
+        card_path.write_text(card.to_json())
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=GlassboxModel(),
+            artifacts={"booster": booster_path, "card": str(card_path)},
+            code_paths=[str(Path(tasks.__file__).parent)],
+            signature=model_signature(card),
+            input_example=input_example,
+            metadata=metadata,
+            registered_model_name=registered_model_name,
+            model_id=model.model_id,
+            pip_requirements=[
+                f"xgboost=={xgb.__version__}",
+                f"pandas=={pd.__version__}",
+                f"numpy=={np.__version__}",
+                f"pydantic=={pydantic.__version__}",
+            ],
+        )
     version = info.registered_model_version
     return LoggedModel(
         uri=info.model_uri,

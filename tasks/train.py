@@ -22,7 +22,8 @@ from prefect.cache_policies import NO_CACHE
 from tasks import tracking
 from tasks.cluster import ClusterHandle, WorkerProgress
 from tasks.config import ConfigError, TaskType, TrainConfig
-from tasks.data import DatasetInfo, dask_split, read_split
+from tasks.data import DatasetInfo, dask_split
+from tasks.serving import ModelCard
 
 # Per task: objective and per-round metrics. The last metric drives early stopping.
 _OBJECTIVES: dict[TaskType, tuple[str, list[str]]] = {
@@ -72,6 +73,42 @@ def xgb_params(
     ):
         params["scale_pos_weight"] = round((1 - positive_share) / positive_share, 4)
     return {**params, **user}
+
+
+# Objectives whose predictions Glassbox can score per task: probabilities for classes (not
+# margins, hinge labels or softmax class indices), values for regression.
+_FITTING_OBJECTIVES: dict[TaskType, tuple[str, ...]] = {
+    "binary": ("binary:logistic",),
+    "multiclass": ("multi:softprob",),
+    "regression": (
+        "reg:squarederror",
+        "reg:squaredlogerror",
+        "reg:pseudohubererror",
+        "reg:absoluteerror",
+        "reg:quantileerror",
+        "reg:logistic",
+        "reg:gamma",
+        "reg:tweedie",
+        "count:poisson",
+    ),
+}
+
+
+def check_objective(task: str, params: dict[str, Any]) -> None:
+    """Refuse a `train.params.objective` that does not fit the (declared or detected) task.
+
+    Raises:
+        ConfigError: naming the objective, the task, and the objectives that fit it.
+    """
+    objective = params.get("objective")
+    if objective is None or task == "auto":
+        return
+    fitting = _FITTING_OBJECTIVES[task]  # type: ignore[index]
+    if objective not in fitting:
+        raise ConfigError(
+            f"train.params.objective '{objective}' does not fit the task '{task}' "
+            f"(objectives for {task}: {', '.join(fitting)})"
+        )
 
 
 def check_params(params: dict[str, Any]) -> None:
@@ -233,14 +270,29 @@ def _fmt(metrics: dict[str, Any]) -> str:
 
 @task(name="log-model", cache_policy=NO_CACHE)
 def log_model(
-    model_path: str, info: DatasetInfo, splits: dict[str, str], model_name: str | None, run_id: str
+    model_path: str,
+    info: DatasetInfo,
+    example_path: str,
+    threshold: float,
+    model_name: str | None,
+    run_id: str,
 ) -> tracking.LoggedModel:
-    """Log the booster to MLflow (XGBoost format, signature, example) and register it."""
-    booster = xgb.Booster(model_file=model_path)
-    example, _ = read_split(splits["test"], info)
-    metadata = {"task": info.task, "classes": info.classes, "categories": info.categories}
-    logged = tracking.log_xgboost_model(
-        run_id, booster, example.head(5), registered_model_name=model_name, metadata=metadata
+    """Log the model MLflow serves (booster + preprocessing + label names) and register it."""
+    card = ModelCard(task=info.task, spec=info.spec, classes=info.classes, threshold=threshold)
+    metadata = {
+        "task": info.task,
+        "classes": info.classes,
+        "categories": info.categories,
+        "features": info.features,
+        "threshold": threshold if info.task == "binary" else None,
+    }
+    logged = tracking.log_glassbox_model(
+        run_id,
+        model_path,
+        card,
+        pd.read_parquet(example_path),
+        registered_model_name=model_name,
+        metadata=metadata,
     )
     get_run_logger().info(
         "Logged model %s (registered %s version %s)", logged.uri, model_name, logged.version

@@ -78,3 +78,43 @@ def cluster():
 
     with dask_cluster(ClusterConfig(n_workers=1, threads_per_worker=2)) as handle:
         yield handle
+
+
+def messy_frame(n: int = 1200, task: str = "binary", seed: int = 0) -> pd.DataFrame:
+    """Raw data as users have it: ISO date strings (the season matters), a string categorical
+    with gaps, a number column holding "?" and "N/A" tokens, a free-text name that is nearly
+    unique per row (it predicts nothing), a sequential record number, and a target that is a
+    string label (binary, multiclass) or a number (regression)."""
+    rng = np.random.default_rng(seed)
+    dates = pd.Timestamp("2015-01-01") + pd.to_timedelta(rng.integers(0, 4 * 365, n), unit="D")
+    month = dates.month.to_numpy()
+    city = rng.choice(["Oslo", "Lima", "Pune", "Kyiv"], n)
+    amount = rng.gamma(2.0, 50.0, n).round(2)
+    signal = (
+        (amount - 100) / 60
+        + np.where(city == "Lima", 1.2, np.where(city == "Kyiv", -1.0, 0.0))
+        + np.where((month >= 6) & (month <= 8), 1.5, -0.3)
+        + rng.normal(0, 0.5, n)
+    )
+    amount_text = amount.astype(str).astype(object)
+    amount_text[rng.choice(n, n // 40, replace=False)] = "?"
+    amount_text[rng.choice(n, n // 60, replace=False)] = "N/A"
+    city = city.astype(object)
+    city[rng.choice(n, n // 25, replace=False)] = None
+    frame = pd.DataFrame(
+        {
+            "record": np.arange(1, n + 1),
+            "when": dates.strftime("%Y-%m-%d"),
+            "city": city,
+            "amount": amount_text,
+            "name": [f"customer {i}" for i in rng.integers(0, 50 * n, n)],
+            "tenure": rng.integers(0, 30, n).astype(float),
+        }
+    )
+    if task == "regression":
+        frame["target"] = (signal * 10 + 50).round(3)
+    elif task == "binary":
+        frame["target"] = np.where(signal > 0.8, "churned", "stayed")
+    else:
+        frame["target"] = np.select([signal < 0, signal < 1.5], ["low", "mid"], "high")
+    return frame

@@ -175,12 +175,57 @@ def test_agreement_of_shap_and_lime():
     from tasks.lime_rows import agreement
 
     same = agreement(np.array([3.0, -2.0, 1.0, 0.1]), np.array([0.3, -0.2, 0.1, 0.0]), 2)
-    assert same == {"top_k_jaccard": 1.0, "spearman": pytest.approx(1.0)}
+    assert same["top_k_jaccard"] == 1.0 and same["spearman"] == pytest.approx(1.0)
+    assert same["top_k_jaccard_adjusted"] == pytest.approx(1.0)
     apart = agreement(np.array([3.0, 2.0, 0.1, 0.2]), np.array([0.0, 0.1, 2.0, 3.0]), 2)
     assert apart["top_k_jaccard"] == 0.0 and apart["spearman"] < 0
     half = agreement(np.array([3.0, 2.0, 0.5, 0.1]), np.array([3.0, 0.0, 2.0, 0.1]), 2)
     assert half["top_k_jaccard"] == pytest.approx(1 / 3)
     assert np.isnan(agreement(np.ones(3), np.array([1.0, 2.0, 3.0]), 2)["spearman"])
+
+
+def test_top_k_agreement_is_judged_against_chance():
+    from tasks.lime_rows import agreement, chance_jaccard, compared_k
+
+    # k is at most a third of the features: with 5 features, top-5 sets always agree
+    assert compared_k(5, 5) == 1 and compared_k(7, 5) == 2 and compared_k(30, 5) == 5
+    rng = np.random.default_rng(0)
+    for n, k in [(7, 5), (7, 2), (30, 5)]:
+        draws = [
+            len(set(a) & set(b)) / len(set(a) | set(b))
+            for a, b in (
+                (rng.choice(n, k, replace=False), rng.choice(n, k, replace=False))
+                for _ in range(20_000)
+            )
+        ]
+        assert chance_jaccard(n, k) == pytest.approx(np.mean(draws), abs=0.01)
+    assert chance_jaccard(7, 5) == pytest.approx(0.57, abs=0.01)  # the issue's number
+    assert chance_jaccard(5, 5) == 1.0
+    # random attributions score about 0 once adjusted for chance
+    adjusted = [
+        agreement(rng.normal(size=12), rng.normal(size=12), 4)["top_k_jaccard_adjusted"]
+        for _ in range(3000)
+    ]
+    assert abs(np.mean(adjusted)) < 0.03
+
+
+def test_agreement_metrics_summarise_only_rows_lime_fits():
+    from tasks.explain import agreement_metrics
+
+    table = pd.DataFrame(
+        {
+            "top_k_jaccard": [1.0, 0.2, 0.6],
+            "top_k_jaccard_chance": [0.2, 0.2, 0.2],
+            "top_k_jaccard_adjusted": [1.0, 0.0, 0.5],
+            "spearman": [0.9, -0.5, 0.7],
+            "lime_score": [0.01, 0.6, 0.8],
+            "trusted": [False, True, True],
+        }
+    )
+    metrics = agreement_metrics(table)
+    assert metrics["shap_lime_top_k_jaccard_mean"] == pytest.approx(0.4)
+    assert metrics["shap_lime_spearman_mean"] == pytest.approx(0.1)
+    assert metrics["shap_lime_rows_trusted"] == 2 and metrics["shap_lime_rows"] == 3
 
 
 def test_lime_on_the_cluster_equals_lime_in_one_process(cluster):
@@ -226,7 +271,13 @@ def test_lime_on_the_cluster_equals_lime_in_one_process(cluster):
     # each row's figures and agreement, drawn on the worker
     first = spread[0]
     assert first["chart"].startswith(b"\x89PNG") and first["comparison"].startswith(b"\x89PNG")
-    assert set(first["agreement"]) == {"top_k_jaccard", "spearman"}
+    assert set(first["agreement"]) == {
+        "top_k_jaccard",
+        "top_k_jaccard_chance",
+        "top_k_jaccard_adjusted",
+        "spearman",
+    }
+    assert first["trusted"] == (first["score"] >= cfg.lime_min_score)
 
 
 def test_index_page_lists_every_row_with_prediction_label_and_files():
@@ -243,6 +294,8 @@ def test_index_page_lists_every_row_with_prediction_label_and_files():
             "waterfall": b"\x89PNG-waterfall",
             "comparison": b"\x89PNG-compare",
             "top_k_jaccard": 0.43,
+            "top_k_jaccard_chance": 0.12,
+            "trusted": False,
             "spearman": 0.86,
             "lime_score": 0.3,
             "top_k": 5,
@@ -262,7 +315,8 @@ def test_index_page_lists_every_row_with_prediction_label_and_files():
     assert "false_positives, random" in page and "P(benign) = 0.8" in page
     assert 'href="lime/row_41.html"' in page and "explanations/lime/row_41.html" in page
     assert page.count("data:image/png;base64,") == 2  # row 41's two figures, embedded
-    assert "top-5 overlap (Jaccard) 0.43" in page and "LIME off" in page
+    assert "top-5 overlap (Jaccard) 0.43 against 0.12 by chance" in page and "LIME off" in page
+    assert "not to be trusted" in page
 
 
 @pytest.mark.parametrize("task", list(CASES))

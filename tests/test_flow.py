@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from tasks import tracking
@@ -129,19 +130,32 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     assert values["row_id"].is_unique and values["row_id"].max() < 569  # ids of the input rows
     tables = {a.path for a in client.list_artifacts(result["run_id"], "tables")}
     assert tables == {"tables/per_class_metrics.json", "tables/test_predictions.json"}
-    # the model: XGBoost's own format, signature, registered version
+    # the model: registered, in the run's own experiment and artifact folder, listed with the
+    # run, and MLflow's pyfunc predicts labels by name on raw rows (columns in another order)
     version = client.get_model_version("glassbox-breast_cancer", result["model_version"])
     assert version.run_id == result["run_id"]
     import mlflow
+    from sklearn.datasets import load_breast_cancer
 
+    (logged,) = client.search_logged_models(
+        experiment_ids=[result["experiment_id"]],
+        filter_string=f"source_run_id = '{result['run_id']}'",
+    )
+    root = Path(store["tracking.artifact_root"]).resolve().as_uri()
+    assert logged.artifact_location.startswith(root)
     local = Path(mlflow.artifacts.download_artifacts(result["model_uri"]))
-    assert (local / "model.ubj").is_file() and (local / "MLmodel").is_file()
     mlmodel = (local / "MLmodel").read_text()
-    assert "model_format: ubj" in mlmodel and "signature:" in mlmodel
+    assert "python_function" in mlmodel and "signature:" in mlmodel
     assert "xgboost==" in (local / "requirements.txt").read_text()
-    model = mlflow.pyfunc.load_model(result["model_uri"])
-    import pandas as pd
-
+    bunch = load_breast_cancer(as_frame=True)
+    raw = bunch.frame.drop(columns="target").iloc[:, ::-1]
+    model = mlflow.pyfunc.load_model(f"models:/glassbox-breast_cancer/{result['model_version']}")
+    labels = model.predict(raw)
+    truth = bunch.target_names[bunch.target]
+    assert set(labels) == {"malignant", "benign"} and (labels == truth).mean() > 0.9
+    proba = model.predict(raw, params={"predict_method": "predict_proba"})
+    assert list(proba.columns) == ["malignant", "benign"]
+    assert ((proba["benign"] >= 0.5) == (labels == "benign")).all()
     example = pd.read_json(local / "input_example.json", orient="split")
     assert model.predict(example).shape == (len(example),)
     # the workspace is cleaned up
@@ -294,8 +308,10 @@ def test_fraud_run_files_shap_values_and_threshold_artifacts_that_recomputation_
 def _booster(result):
     """The registered model's XGBoost booster, loaded back from MLflow."""
     import mlflow
+    import xgboost as xgb
 
-    return mlflow.xgboost.load_model(result["model_uri"])
+    local = Path(mlflow.artifacts.download_artifacts(result["model_uri"]))
+    return xgb.Booster(model_file=str(local / "artifacts" / "model.ubj"))
 
 
 def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):
@@ -313,17 +329,46 @@ def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):
     mapping = Path(client.download_artifacts(result["run_id"], "data/label_mapping.json"))
     assert json.loads(mapping.read_text()) == {"Adelie": 0, "Chinstrap": 1, "Gentoo": 2}
     assert run.data.metrics["test_accuracy_score"] > 0.8
-    # the categories travel with the model, and the native model predicts categorical frames
+    # the registered model predicts the raw CSV rows (strings, gaps) as species names
     import mlflow
     import pandas as pd
 
     model_info = mlflow.models.get_model_info(result["model_uri"])
     assert model_info.metadata["categories"]["island"] == ["Biscoe", "Dream", "Torgersen"]
-    booster = mlflow.xgboost.load_model(result["model_uri"])
-    frame = penguins_like(10, seed=5).drop(columns="species")
-    for col, cats in model_info.metadata["categories"].items():
-        frame[col] = pd.Categorical(frame[col], categories=cats)
-    assert booster.inplace_predict(frame.astype({"year": float})).shape == (10, 3)
+    raw = pd.read_csv(path)
+    predicted = mlflow.pyfunc.load_model(result["model_uri"]).predict(raw)
+    assert (predicted == raw["species"]).mean() > 0.8
+
+
+def test_messy_csv_is_profiled_and_the_decisions_are_logged(store, client, tmp_path):
+    from tests.conftest import messy_frame
+
+    path = tmp_path / "churn.csv"
+    messy_frame(1500, "binary", seed=3).to_csv(path, index=False)
+    result = _run(
+        store,
+        data_source=str(path),
+        target="target",
+        num_boost_round=60,
+        overrides={"explain.lime": False, "data.columns": {"tenure": "category"}},
+    )
+    run = client.get_run(result["run_id"])
+    assert run.data.params["data.features_used"] == "7"
+    assert run.data.params["data.columns_dropped"] == "2"
+    profile = json.loads(_text(client, result["run_id"], "data/profile.json"))
+    rows = {r[0]: dict(zip(profile["columns"], r, strict=True)) for r in profile["data"]}
+    assert rows["name"]["role"] == "dropped" and rows["record"]["role"] == "dropped"
+    assert rows["when"]["features"] == "when.year, when.month, when.day_of_year, when.day_of_week"
+    tokens = int((pd.read_csv(path)["amount"] == "?").sum())
+    assert rows["amount"]["kind"] == "number" and rows["amount"]["made_missing"] == tokens > 0
+    assert rows["tenure"]["kind"] == "category"  # the override
+    values = pd.read_parquet(
+        client.download_artifacts(result["run_id"], "explanations/shap/shap_values.parquet")
+    )
+    assert {"when.month", "amount", "city"} <= set(values.columns) and "name" not in values
+    # the season drives the label: the month is among the top SHAP features
+    top = values.drop(columns=["row_id", "base_value"]).abs().mean().nlargest(3).index
+    assert "when.month" in top or "when.day_of_year" in top
 
 
 def test_bad_input_fails_the_run_with_the_reason_and_keeps_its_params(store, client):
@@ -343,3 +388,17 @@ def test_bad_config_fails_before_any_run_is_created(store, client):
     with pytest.raises(ConfigError, match="train.params: unknown XGBoost parameter"):
         _run(store, overrides={"train.params.max_dpth": 3, "tracking.experiment": "never-created"})
     assert client.get_experiment_by_name("never-created") is None
+
+
+def test_an_objective_that_contradicts_the_detected_task_stops_before_training(store, client):
+    with pytest.raises(ConfigError, match="'reg:squarederror' does not fit the task 'binary'"):
+        _run(
+            store,
+            overrides={
+                "train.params.objective": "reg:squarederror",
+                "tracking.experiment": "objective-check",
+            },
+        )
+    exp = client.get_experiment_by_name("objective-check")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED" and "train-rmse" not in run.data.metrics

@@ -40,6 +40,7 @@ def test_binary_metrics_equal_sklearn_at_the_threshold():
             "example_count": 500,
             "roc_auc": skm.roc_auc_score(y, p),
             "average_precision": skm.average_precision_score(y, p),
+            "precision_recall_auc": skm.average_precision_score(y, p),
             "log_loss": skm.log_loss(y, p),
             "brier_score": skm.brier_score_loss(y, p),
         }
@@ -121,6 +122,36 @@ def test_binary_metrics_equal_mlflow_evaluate_for_the_same_names(client):
         "log_loss",
         "true_positives",
         "false_negatives",
+        "example_count",
+        "precision_recall_auc",
+    } <= shared
+    for name in shared:
+        assert ours[name] == pytest.approx(result.metrics[name]), name
+
+
+def test_multiclass_metrics_equal_mlflow_evaluate_for_the_same_names(client):
+    import mlflow
+    import pandas as pd
+    import xgboost as xgb
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=900, n_classes=3, n_informative=5, weights=[0.6, 0.3], random_state=1
+    )
+    model = xgb.XGBClassifier(n_estimators=15, max_depth=3).fit(x[:500], y[:500])
+    data = pd.DataFrame(x[500:], columns=[f"f{i}" for i in range(x.shape[1])]).assign(label=y[500:])
+    with mlflow.start_run():
+        uri = mlflow.xgboost.log_model(model, name="m").model_uri
+        result = mlflow.models.evaluate(uri, data, targets="label", model_type="classifier")
+    ours = multiclass_metrics(y[500:], model.predict_proba(x[500:]))
+    shared = set(ours) & set(result.metrics)
+    assert {
+        "accuracy_score",
+        "precision_score",
+        "recall_score",
+        "f1_score",
+        "roc_auc",
+        "log_loss",
         "example_count",
     } <= shared
     for name in shared:

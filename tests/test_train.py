@@ -172,3 +172,19 @@ def test_dashboard_on_request_is_the_real_one_on_loopback():
         assert handle.dashboard.startswith("http://127.0.0.1:")
         page = urllib.request.urlopen(handle.dashboard, timeout=10).read().decode()
         assert "<title>Dask" in page and "needs bokeh" not in page
+
+
+def test_an_objective_that_contradicts_the_task_is_refused_naming_both():
+    from tasks.train import check_objective
+
+    with pytest.raises(
+        ConfigError,
+        match="objective 'reg:squarederror' does not fit the task 'binary' .objectives for "
+        "binary: binary:logistic",
+    ):
+        check_objective("binary", {"objective": "reg:squarederror"})
+    with pytest.raises(ConfigError, match="'multi:softmax' does not fit the task 'multiclass'"):
+        check_objective("multiclass", {"objective": "multi:softmax"})  # labels, not probabilities
+    check_objective("regression", {"objective": "count:poisson"})
+    check_objective("binary", {})  # the task's own default
+    check_objective("auto", {"objective": "reg:squarederror"})  # decided once the data is read
