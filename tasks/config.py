@@ -213,7 +213,7 @@ class ExplainConfig(_Stage):
         "features are compared)",
     )
     lime_min_score: float = Field(
-        0.3,
+        0.1,
         ge=0,
         le=1,
         description="rows whose LIME local fit R² is under this are marked untrusted and left "

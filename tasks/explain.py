@@ -73,14 +73,31 @@ def explanations(
     if max_rows is not None and len(data) > max_rows:
         rows = explain_sample(np.zeros(len(data)) if y is None else y, task, max_rows, seed)
         contribs, data = contribs[rows], data.iloc[rows]
-    shown = data.apply(lambda c: c.cat.codes.where(c.notna()) if c.dtype == "category" else c)
-    common = {"data": shown.to_numpy(dtype=float), "feature_names": list(data.columns)}
+    shown = shown_values(data)
+    common = {"data": shown, "display_data": shown, "feature_names": list(data.columns)}
     if contribs.ndim == 2:
         return {None: shap.Explanation(contribs[:, :-1], contribs[:, -1], **common)}
     return {
         name: shap.Explanation(contribs[:, k, :-1], contribs[:, k, -1], **common)
         for k, name in enumerate(classes)
     }
+
+
+def shown_values(data: pd.DataFrame) -> np.ndarray:
+    """Feature values as a person reads them in shap's plots: numbers, and category names
+    (never codes; "missing" for a gap). With categories the array holds objects: shap then
+    labels a categorical dependence plot's axis by name, colours no beeswarm dots by a code's
+    order (it greys them), and writes "island = Biscoe" on a waterfall."""
+    categorical = [c for c in data.columns if isinstance(data[c].dtype, pd.CategoricalDtype)]
+    if not categorical:
+        return data.to_numpy(dtype=float)
+    out = data.astype(object).to_numpy()
+    for j, column in enumerate(data.columns):
+        if column in categorical:
+            out[:, j] = data[column].astype(object).where(data[column].notna(), "missing")
+        else:
+            out[:, j] = data[column].to_numpy(dtype=float)
+    return out
 
 
 def shap_frame(
@@ -153,18 +170,19 @@ def shap_figures(
                 "Mean |SHAP value| by class",
             ),
         )
-    # Dependence: the top features of the first explanation (binary/regression: the only one).
-    e = next(iter(expl.values()))
-    order = np.argsort(-np.abs(e.values).mean(0))[:dependence_top_k]
-    for j in order:
-        name = e.feature_names[j]
-        yield (
-            f"dependence_{tracking.slug(name)}",
-            drawn(
-                lambda j=j: shap.plots.scatter(e[:, j], color=e, show=False),
-                f"SHAP dependence: {name}",
-            ),
-        )
+    # Dependence: each explanation's own top features (multi-class: per class, named).
+    for label, e in expl.items():
+        suffix, of = (f"{tracking.slug(label)}_", f" (class {label} margin)") if label else ("", "")
+        order = np.argsort(-np.abs(e.values).mean(0))[:dependence_top_k]
+        for j in order:
+            name = e.feature_names[j]
+            yield (
+                f"dependence_{suffix}{tracking.slug(name)}",
+                drawn(
+                    lambda j=j, e=e: shap.plots.scatter(e[:, j], color=e, show=False),
+                    f"SHAP dependence: {name}{of}",
+                ),
+            )
 
 
 def select_rows(
@@ -254,12 +272,13 @@ def local_plots(
     import matplotlib.pyplot as plt
     import shap
 
-    shown = data.apply(lambda c: c.cat.codes.where(c.notna()) if c.dtype == "category" else c)
+    shown = shown_values(data)
     for i, row_id in enumerate(data.index):
         expl = shap.Explanation(
             values[i, :-1],
             values[i, -1],
-            data=shown.iloc[i].to_numpy(dtype=float),
+            data=shown[i],
+            display_data=shown[i],
             feature_names=list(data.columns),
         )
         before = set(plt.get_fignums())

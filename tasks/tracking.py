@@ -307,7 +307,8 @@ class GlassboxModel(mlflow.pyfunc.PythonModel):
         self.card = ModelCard.from_json(Path(context.artifacts["card"]).read_text())
         self.booster = xgb.Booster(model_file=context.artifacts["booster"])
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+    # No type hint on model_input: MLflow would read one as an input schema of its own.
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         import pandas as pd
 
         from tasks import serving

@@ -90,16 +90,21 @@ def test_global_figures_per_class_with_titles(cluster, task, classes):
         made[name] = fig._suptitle.get_text()
         plt.close(fig)
     deps = [n for n in made if n.startswith("dependence_")]
-    assert len(deps) == 2
     if task == "binary":
         assert {"beeswarm", "bar"} <= set(made) and len(made) == 4
         assert made["beeswarm"] == "SHAP values per feature"
+        assert len(deps) == 2 and made[deps[0]].startswith("SHAP dependence: ")
     else:
         assert {f"beeswarm_{c}" for c in classes} | {f"bar_{c}" for c in classes} | {
             "bar_stacked"
         } <= set(made)
         assert made["bar_c1"] == "Mean |SHAP value| (class c1 margin)"
-    assert made[deps[0]].startswith("SHAP dependence: ")
+        # each class's own top features, named and titled with the class
+        assert len(deps) == 6
+        for c in classes:
+            own = [n for n in deps if n.startswith(f"dependence_{c}_")]
+            assert len(own) == 2
+            assert all(made[n].endswith(f"(class {c} margin)") for n in own)
     assert plt.get_fignums() == []  # nothing left open once the caller closed them
 
 
@@ -115,8 +120,28 @@ def test_categorical_features_are_explained(cluster):
     contribs = shap_values(cluster.client, booster, dd.from_pandas(x, npartitions=1))
     margin = booster.predict(xgb.DMatrix(x, enable_categorical=True), output_margin=True)
     np.testing.assert_allclose(contribs.sum(-1), margin, atol=1e-4)
+    x.loc[:9, "cat"] = None
     (e,) = explanations(contribs, x, ["0", "1"]).values()
-    assert set(np.unique(e.data[:, 1])) == {0.0, 1.0, 2.0}  # category codes colour the plots
+    # plots read category names, never codes; gaps read "missing"
+    assert set(e.display_data[:, 1]) == {"a", "b", "c", "missing"}
+    assert e.display_data[12, 1] == x["cat"].iloc[12]
+    assert e.data[:, 0].astype(float) == pytest.approx(x["num"].to_numpy())
+    drawn = dict(shap_figures({None: e}, max_display=2, dependence_top_k=2))
+    fig = drawn["dependence_cat"]
+    labels = {t.get_text() for t in fig.axes[0].get_xticklabels()}
+    assert labels == {"a", "b", "c", "missing"}
+    for f in drawn.values():
+        plt.close(f)
+    from tasks.explain import local_plots
+
+    rows = x.iloc[[0, 12]]
+    row_contribs = booster.predict(xgb.DMatrix(rows, enable_categorical=True), pred_contribs=True)
+    (_, gap, _), (_, named, _) = local_plots(row_contribs, rows, ["class 1", "class 1"])
+    waterfall_labels = {t.get_text() for t in named.axes[0].get_yticklabels()}
+    assert f"{x['cat'].iloc[12]} = cat" in waterfall_labels
+    assert "missing = cat" in {t.get_text() for t in gap.axes[0].get_yticklabels()}
+    plt.close(gap)
+    plt.close(named)
 
 
 def test_local_rows_follow_the_rules_and_keep_the_input_ids():

@@ -116,7 +116,11 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     }
     agreement = json.loads(_text(client, result["run_id"], "explanations/shap_vs_lime.json"))
     assert sorted(int(r[0]) for r in agreement["data"]) == sorted(ids)
-    assert 0 <= metrics["shap_lime_top_k_jaccard_mean"] <= 1
+    table = pd.DataFrame(agreement["data"], columns=agreement["columns"])
+    trusted = table[table["trusted"]]
+    assert metrics["shap_lime_rows_trusted"] == len(trusted) > 0
+    assert metrics["shap_lime_top_k_jaccard_mean"] == pytest.approx(trusted["top_k_jaccard"].mean())
+    assert (table["top_k"] == 5).all() and (table["top_k_jaccard_chance"] < 0.2).all()
     assert -1 <= metrics["shap_lime_spearman_mean"] <= 1
     index = _text(client, result["run_id"], "explanations/index.html")
     assert all(f"<h2>Row {row_id}</h2>" in index for row_id in ids)
