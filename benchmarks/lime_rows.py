@@ -58,7 +58,6 @@ def main() -> None:
     x_train, x_valid, y_train, y_valid = train_test_split(
         x_rest, y_rest, test_size=n_valid, random_state=cfg.split.seed, stratify=y_rest
     )
-    share = float(y_train.mean())
     threads = os.cpu_count() or 1
     dtrain = xgb.QuantileDMatrix(x_train, y_train, nthread=threads)
     stopping = cfg.train.early_stopping_rounds
@@ -66,7 +65,6 @@ def main() -> None:
         {
             "objective": "binary:logistic",
             "nthread": threads,
-            "scale_pos_weight": (1 - share) / share,
             **cfg.train.params,
         },
         dtrain,

@@ -19,6 +19,7 @@ import yaml
 from sklearn.model_selection import train_test_split
 
 from tasks import figures as figs
+from tasks.calibration import fit_platt
 from tasks.config import validate_config
 from tasks.datasets import FRAUD_ROWS, make_fraud
 from tasks.metrics import best_f1_threshold, evaluation_metrics, per_class_metrics
@@ -55,13 +56,11 @@ def main() -> None:
         )
     with stage("train"):
         threads = os.cpu_count() or 1
-        share = float(y_train.mean())
         params = {
             "objective": "binary:logistic",
             "eval_metric": ["error", "logloss"],
             "tree_method": "hist",
             "nthread": threads,
-            "scale_pos_weight": round((1 - share) / share, 4),
             **cfg.train.params,
         }
         dtrain = xgb.QuantileDMatrix(x_train, y_train, nthread=threads)
@@ -83,9 +82,12 @@ def main() -> None:
             callbacks=callbacks,
             verbose_eval=False,
         )
+        # The flow's calibration: a Platt map of the valid split's margins.
+        platt = fit_platt(booster.inplace_predict(x_valid, predict_type="margin"), y_valid)
     with stage("evaluate"):
-        proba = booster.inplace_predict(x_test)
-        tuned = best_f1_threshold(y_valid.to_numpy(), booster.inplace_predict(x_valid))
+        proba = platt.apply(booster.inplace_predict(x_test, predict_type="margin"))
+        valid_proba = platt.apply(booster.inplace_predict(x_valid, predict_type="margin"))
+        tuned = best_f1_threshold(y_valid.to_numpy(), valid_proba)
         scores = evaluation_metrics("binary", y_test.to_numpy(), proba, tuned_threshold=tuned)
         per_class_metrics(y_test.to_numpy(), proba, classes).to_csv(args.out / "per_class.csv")
     with stage("figures"):

@@ -133,7 +133,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         model_name = cfg.tracking.model_name or f"glassbox-{name}"
         logging = log_model.submit(
-            trained["model"],
+            trained,
             info,
             str(Path(workspace) / EXAMPLE_FILE),
             cfg.evaluate.threshold,
@@ -143,7 +143,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         explaining = (
             explain_model.submit(
                 cluster,
-                trained["model"],
+                trained,
                 info,
                 splits,
                 cfg.explain,

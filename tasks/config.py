@@ -114,9 +114,15 @@ class TrainConfig(_Stage):
     early_stopping_rounds: int | None = Field(20, ge=1)
     params: dict[str, Any] = Field(default_factory=dict, description="XGBoost parameters")
     auto_scale_pos_weight: bool = Field(
-        True,
+        False,
         description="binary data with under 10% positives gets scale_pos_weight = "
-        "negatives/positives unless params set it",
+        "negatives/positives unless params set it (off: reweighting distorts the probabilities; "
+        "the decision threshold is tuned instead)",
+    )
+    calibration: Literal["platt", "none"] = Field(
+        "platt",
+        description="binary: map the margin to calibrated probabilities with a logistic (Platt) "
+        "fit on the valid split; the map travels with the model",
     )
     eval_auc: bool = Field(
         False, description="also evaluate AUC every round (about doubles training time)"

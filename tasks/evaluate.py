@@ -13,6 +13,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import figures as figs
 from tasks import tracking
+from tasks.calibration import Platt
 from tasks.cluster import ClusterHandle
 from tasks.config import FIGURES, EvaluateConfig, TaskType
 from tasks.data import DatasetInfo, dask_split
@@ -123,19 +124,27 @@ def iter_figures(
 
 
 def predict(
-    cluster: ClusterHandle, model_path: str, info: DatasetInfo, paths: list[str]
+    cluster: ClusterHandle,
+    model_path: str,
+    info: DatasetInfo,
+    paths: list[str],
+    calibration: Platt | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Targets and predictions of split files, computed on the cluster in one pass; only the
-    arrays come back. Predictions are P(class 1), class probabilities or values."""
+    arrays come back. Predictions are P(class 1) (calibrated by `calibration` when given),
+    class probabilities or values."""
     import xgboost as xgb
     import xgboost.dask as dxgb
 
     booster = xgb.Booster(model_file=model_path)
+    kind = "margin" if calibration is not None else "value"
     lazy = []
     for path in paths:
         features, target = dask_split(path, info)
-        lazy += [target, dxgb.inplace_predict(cluster.client, booster, features)]
+        lazy += [target, dxgb.inplace_predict(cluster.client, booster, features, predict_type=kind)]
     arrays = [np.asarray(a) for a in cluster.client.compute(lazy, sync=True)]
+    if calibration is not None:
+        arrays[1::2] = [calibration.apply(a) for a in arrays[1::2]]
     return list(zip(arrays[::2], arrays[1::2], strict=True))
 
 
@@ -152,7 +161,13 @@ def evaluate_model(
     cluster; log the metrics, the figures and the tables. Returns the metrics and the figures'
     artifact paths."""
     binary = info.task == "binary"
-    preds = predict(cluster, trained["model"], info, [splits["test"], *[splits["valid"]] * binary])
+    preds = predict(
+        cluster,
+        trained["model"],
+        info,
+        [splits["test"], *[splits["valid"]] * binary],
+        trained.get("calibration"),
+    )
     tuned = best_f1_threshold(*preds[1]) if binary else None
     scores = evaluation_metrics(
         info.task, *preds[0], threshold=cfg.threshold, tuned_threshold=tuned

@@ -19,6 +19,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
+from tasks.calibration import Platt
 from tasks.cluster import ClusterHandle
 from tasks.config import ConfigError, ExplainConfig, TaskType
 from tasks.data import DatasetInfo, dask_split
@@ -308,10 +309,12 @@ def lime_chunks(
     labels: np.ndarray,
     info: DatasetInfo,
     cfg: ExplainConfig,
+    platt: Platt | None = None,
 ) -> list[tuple[Any, np.ndarray]]:
     """LIME for `rows` (features only), each for its label, in chunks over the Dask workers'
-    threads; the explainer is built once, on a seeded sample of the training rows. Returns
-    (future of the chunk's results, the chunk's row positions) pairs."""
+    threads; the explainer is built once, on a seeded sample of the training rows. LIME
+    explains the probabilities users read (calibrated by `platt` when given). Returns (future
+    of the chunk's results, the chunk's row positions) pairs."""
     from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk
 
     sample = train.sample(min(cfg.lime_train_rows, len(train)), random_state=cfg.seed)
@@ -327,6 +330,7 @@ def lime_chunks(
         bytes(booster.save_raw("ubj")),
         info.task,
         {info.features.index(c): len(cats) for c, cats in info.categories.items()},
+        calibration=(platt.slope, platt.intercept) if platt is not None else None,
     )
     x = encode(rows, info.categories)
     slots = max(1, sum(client.nthreads().values()))
@@ -360,6 +364,7 @@ def lime_rows(
     shap_rows: np.ndarray,
     info: DatasetInfo,
     cfg: ExplainConfig,
+    platt: Platt | None = None,
 ) -> list[Any]:
     """`lime_chunks`, then each row's comparison with its SHAP values (`shap_rows`, (n, F))
     and its figures, drawn on the workers. Returns one future per row (of
@@ -380,7 +385,7 @@ def lime_rows(
             min_score=cfg.lime_min_score,
             pure=False,
         )
-        for chunk, positions in lime_chunks(client, booster, train, rows, labels, info, cfg)
+        for chunk, positions in lime_chunks(client, booster, train, rows, labels, info, cfg, platt)
         for k, i in enumerate(positions)
     ]
 
@@ -481,7 +486,7 @@ if (location.protocol === "blob:") {{
 @task(name="explain-model", cache_policy=NO_CACHE)
 def explain_model(
     cluster: ClusterHandle,
-    model_path: str,
+    trained: dict[str, Any],
     info: DatasetInfo,
     splits: dict[str, str],
     cfg: ExplainConfig,
@@ -491,15 +496,19 @@ def explain_model(
 ) -> dict[str, Any]:
     """SHAP on a sample of the test set (or all of it) on the cluster, with its global figures
     under explanations/shap/; local SHAP and LIME for the rows the rules pick, compared, with
-    an index page."""
+    an index page. A calibrated binary model is explained in calibrated log-odds, the
+    probabilities its users read."""
     import xgboost as xgb
 
-    booster = xgb.Booster(model_file=model_path)
+    booster = xgb.Booster(model_file=trained["model"])
+    platt = trained.get("calibration")
     test = pd.read_parquet(splits["test"]).astype(info.feature_dtypes())
     start = time.perf_counter()
-    rows, figures = _global_shap(cluster, booster, test, info, splits, cfg, workspace, run_id)
+    rows, figures = _global_shap(
+        cluster, booster, platt, test, info, splits, cfg, workspace, run_id
+    )
     middle = time.perf_counter()
-    local = _local(cluster, booster, test, info, splits, cfg, threshold, run_id)
+    local = _local(cluster, booster, platt, test, info, splits, cfg, threshold, run_id)
     get_run_logger().info(
         "SHAP for %d test rows with %d figures: %.1f s; local SHAP%s for %d rows: %.1f s (%s)",
         rows,
@@ -516,6 +525,7 @@ def explain_model(
 def _global_shap(
     cluster: ClusterHandle,
     booster: Any,
+    platt: Platt | None,
     test: pd.DataFrame,
     info: DatasetInfo,
     splits: dict[str, str],
@@ -533,6 +543,8 @@ def _global_shap(
         else to_dask(sample[info.features], _slots(cluster))
     )
     contribs = shap_values(cluster.client, booster, features)
+    if platt is not None:
+        contribs = platt.contributions(contribs)
     path = Path(workspace) / "shap_values.parquet"
     shap_frame(contribs, sample.index.to_numpy(), info.features, info.classes).to_parquet(path)
     tracking.log_file(run_id, path, "explanations/shap")
@@ -557,7 +569,7 @@ def _global_shap(
         few = sample.iloc[explain_sample(y[idx], info.task, cfg.interaction_rows, cfg.seed)]
         mean_abs = shap_interactions(
             cluster.client, booster, to_dask(few[info.features], _slots(cluster))
-        )
+        ) * (platt.slope if platt is not None else 1.0)
         logged.append("explanations/shap/interactions.png")
         tracking.log_figure(
             run_id, interaction_heatmap(mean_abs, info.features, top=cfg.max_display), logged[-1]
@@ -568,6 +580,7 @@ def _global_shap(
 def _local(
     cluster: ClusterHandle,
     booster: Any,
+    platt: Platt | None,
     test: pd.DataFrame,
     info: DatasetInfo,
     splits: dict[str, str],
@@ -580,7 +593,10 @@ def _local(
     files are logged in one batch."""
     import xgboost as xgb
 
-    score = np.asarray(booster.inplace_predict(test[info.features]))
+    if platt is None:
+        score = np.asarray(booster.inplace_predict(test[info.features]))
+    else:
+        score = platt.apply(booster.inplace_predict(test[info.features], predict_type="margin"))
     chosen = select_rows(
         test.index.to_numpy(), test[info.target].to_numpy(), score, info.task, cfg, threshold
     )
@@ -588,12 +604,10 @@ def _local(
     rows = test.loc[ids]
     row_score = score[test.index.get_indexer(ids)]
     labels = explained_labels(row_score, info.task)
-    values = row_values(
-        booster.predict(
-            xgb.DMatrix(rows[info.features], enable_categorical=True), pred_contribs=True
-        ),
-        labels,
+    contribs = booster.predict(
+        xgb.DMatrix(rows[info.features], enable_categorical=True), pred_contribs=True
     )
+    values = row_values(platt.contributions(contribs) if platt else contribs, labels)
     # LIME and its figures run on the workers while this process draws the SHAP figures.
     pending = (
         lime_rows(
@@ -605,6 +619,7 @@ def _local(
             values[:, :-1],
             info,
             cfg,
+            platt,
         )
         if cfg.lime and ids
         else []

@@ -141,13 +141,15 @@ def build_explainer(
 @dataclass
 class BoosterPredictor:
     """LIME's prediction function: the booster on LIME's float arrays (category codes, the
-    extra 'missing' code turned back into NaN). Classifiers return class probabilities.
+    extra 'missing' code turned back into NaN). Classifiers return class probabilities (binary:
+    calibrated by the Platt map when one is given).
     Picklable: the model travels as bytes and is loaded once per process."""
 
     model: bytes
     task: str
     n_categories: dict[int, int]
     nthread: int = 1
+    calibration: tuple[float, float] | None = None  # binary: Platt slope, intercept
     _booster: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -162,7 +164,12 @@ class BoosterPredictor:
             x = np.array(x, dtype=float, copy=True)
             for j, n in self.n_categories.items():
                 x[x[:, j] >= n, j] = np.nan
-        p = np.asarray(self._booster.inplace_predict(x))
+        if self.calibration is None:
+            p = np.asarray(self._booster.inplace_predict(x))
+        else:
+            slope, intercept = self.calibration
+            margin = np.asarray(self._booster.inplace_predict(x, predict_type="margin"))
+            p = 1.0 / (1.0 + np.exp(-(slope * margin + intercept)))
         return np.column_stack([1.0 - p, p]) if self.task == "binary" else p
 
     def __getstate__(self) -> dict[str, Any]:

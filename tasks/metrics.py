@@ -67,6 +67,19 @@ def binary_metrics(
     return {k: float(v) for k, v in scores.items()}
 
 
+def expected_calibration_error(y_true: np.ndarray, proba: np.ndarray, bins: int = 10) -> float:
+    """Mean |observed positive rate - mean predicted probability| over `bins` quantile bins of
+    the prediction, weighted by the bins' rows (equal-count bins: with rare positives, fixed
+    bins above 0.1 hold almost no rows)."""
+    order = np.argsort(proba, kind="stable")
+    gaps = [
+        len(part) * abs(float(np.mean(y_true[part])) - float(np.mean(proba[part])))
+        for part in np.array_split(order, bins)
+        if len(part)
+    ]
+    return float(np.sum(gaps) / len(proba))
+
+
 def best_f1_threshold(y_true: np.ndarray, proba: np.ndarray) -> float:
     """The probability threshold that maximises F1 (chosen on the valid set, used on test)."""
     precision, recall, thresholds = skm.precision_recall_curve(y_true, proba)

@@ -161,11 +161,13 @@ def _decide(
     name = str(s.name)
     raw_type = _raw_type(s)
     missing = int(s.isna().sum())
-    base = {"column": name, "dtype": str(s.dtype), "missing": missing}
+    dtype = str(s.dtype)
 
     def dropped(reason: str, distinct: int, made: int = 0) -> tuple[None, ColumnProfile]:
         return None, ColumnProfile(
-            **base,
+            column=name,
+            dtype=dtype,
+            missing=missing,
             role="dropped",
             kind="",
             distinct=distinct,
@@ -176,7 +178,9 @@ def _decide(
 
     def kept(column: Column, distinct: int, made: int, reason: str, changed: bool):
         profile = ColumnProfile(
-            **base,
+            column=name,
+            dtype=dtype,
+            missing=missing,
             role="feature",
             kind=column.kind,
             distinct=distinct,

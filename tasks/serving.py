@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from tasks.calibration import Platt
 from tasks.preprocess import Spec, transform
 
 PredictMethod = Literal["predict", "predict_proba"]
@@ -28,6 +29,7 @@ class ModelCard:
     spec: Spec
     classes: list[str] = field(default_factory=list)
     threshold: float = 0.5  # binary: a row is the positive class (classes[1]) from here on
+    calibration: Platt | None = None  # binary: margin -> calibrated probability
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -40,12 +42,17 @@ class ModelCard:
             spec=Spec.from_dict(raw["spec"]),
             classes=list(raw.get("classes", [])),
             threshold=float(raw.get("threshold", 0.5)),
+            calibration=Platt(**raw["calibration"]) if raw.get("calibration") else None,
         )
 
 
 def scores(booster: Any, card: ModelCard, rows: pd.DataFrame) -> np.ndarray:
-    """P(positive class) (binary), (n, K) class probabilities, or values, for raw rows."""
+    """P(positive class) (binary, calibrated when the model carries a map), (n, K) class
+    probabilities, or values, for raw rows."""
     features = transform(rows, card.spec)
+    if card.calibration is not None:
+        margin = booster.inplace_predict(features, predict_type="margin")
+        return card.calibration.apply(np.asarray(margin))
     return np.asarray(booster.inplace_predict(features))
 
 

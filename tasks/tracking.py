@@ -20,6 +20,7 @@ import mlflow
 import mlflow.pyfunc
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.pyfunc import PythonModel
 
 from tasks.config import TrackingConfig
 
@@ -293,7 +294,7 @@ class LoggedModel:
     version: str | None
 
 
-class GlassboxModel(mlflow.pyfunc.PythonModel):
+class GlassboxModel(PythonModel):  # type: ignore[misc]
     """The registered model as MLflow serves it: raw rows in (strings, missing values, columns
     in any order, extra columns ignored), the training run's preprocessing applied
     (`tasks.serving`), labels by name out; `params={"predict_method": "predict_proba"}` gives

@@ -20,6 +20,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from tasks import tracking
+from tasks.calibration import Platt, fit_platt
 from tasks.cluster import ClusterHandle, WorkerProgress
 from tasks.config import ConfigError, TaskType, TrainConfig
 from tasks.data import DatasetInfo, dask_split
@@ -50,7 +51,7 @@ def xgb_params(
     device: str,
     eval_auc: bool,
     positive_share: float | None = None,
-    auto_scale_pos_weight: bool = True,
+    auto_scale_pos_weight: bool = False,
 ) -> dict[str, Any]:
     """The parameters XGBoost gets: the task's defaults, then the user's `train.params`."""
     objective, metrics = _OBJECTIVES[task]
@@ -255,7 +256,41 @@ def train_model(
     path = str(Path(workspace) / "model.ubj")
     booster.save_model(path)
     logger.info("Trained: %s", _fmt(summary))
-    return {"model": path, "best_iteration": summary["best_iteration"], "history": history}
+    platt = None
+    if info.task == "binary" and cfg.calibration == "platt":
+        platt, scores = calibrate(cluster.client, booster, dask_split(splits["valid"], info))
+        tracking.log_params(
+            run_id, {"calibration.slope": platt.slope, "calibration.intercept": platt.intercept}
+        )
+        tracking.log_metrics(run_id, scores)
+        logger.info("Calibrated on the valid split: %s", _fmt(scores))
+    return {
+        "model": path,
+        "best_iteration": summary["best_iteration"],
+        "history": history,
+        "calibration": platt,
+    }
+
+
+def calibrate(client: Client, booster: xgb.Booster, valid: tuple[Any, Any]) -> tuple[Platt, dict]:
+    """A Platt map fitted on the valid split's margins, and that split's log loss and Brier
+    score before and after it (the valid rows also chose the best round: a mild optimism)."""
+    from sklearn import metrics as skm
+
+    features, target = valid
+    margin, y = client.compute(
+        [dxgb.inplace_predict(client, booster, features, predict_type="margin"), target],
+        sync=True,
+    )
+    margin, y = np.asarray(margin), np.asarray(y)
+    platt = fit_platt(margin, y)
+    before, after = 1 / (1 + np.exp(-margin)), platt.apply(margin)
+    scores = {
+        f"valid_{name}_{when}": float(fn(y, p))
+        for when, p in (("uncalibrated", before), ("calibrated", after))
+        for name, fn in (("log_loss", skm.log_loss), ("brier_score", skm.brier_score_loss))
+    }
+    return platt, scores
 
 
 def _positive_share(info: DatasetInfo, train_path: str) -> float | None:
@@ -270,15 +305,23 @@ def _fmt(metrics: dict[str, Any]) -> str:
 
 @task(name="log-model", cache_policy=NO_CACHE)
 def log_model(
-    model_path: str,
+    trained: dict[str, Any],
     info: DatasetInfo,
     example_path: str,
     threshold: float,
     model_name: str | None,
     run_id: str,
 ) -> tracking.LoggedModel:
-    """Log the model MLflow serves (booster + preprocessing + label names) and register it."""
-    card = ModelCard(task=info.task, spec=info.spec, classes=info.classes, threshold=threshold)
+    """Log the model MLflow serves (booster + preprocessing + calibration + label names) and
+    register it."""
+    card = ModelCard(
+        task=info.task,
+        spec=info.spec,
+        classes=info.classes,
+        threshold=threshold,
+        calibration=trained["calibration"],
+    )
+    model_path = trained["model"]
     metadata = {
         "task": info.task,
         "classes": info.classes,

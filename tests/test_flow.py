@@ -125,7 +125,6 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     index = _text(client, result["run_id"], "explanations/index.html")
     assert all(f"<h2>Row {row_id}</h2>" in index for row_id in ids)
     assert f'href="lime/row_{some}.html"' in index
-    import pandas as pd
 
     values = pd.read_parquet(
         client.download_artifacts(result["run_id"], "explanations/shap/shap_values.parquet")
@@ -262,9 +261,9 @@ def test_fraud_run_files_shap_values_and_threshold_artifacts_that_recomputation_
     of that id's row recomputed from the registered model; every artifact that depends on the
     decision threshold uses the run's (0.2, not 0.5)."""
     import numpy as np
-    import pandas as pd
     import xgboost as xgb
 
+    from tasks.calibration import Platt
     from tasks.datasets import make_fraud
 
     result = _run(
@@ -288,7 +287,12 @@ def test_fraud_run_files_shap_values_and_threshold_artifacts_that_recomputation_
     features = [c for c in data.columns if c != "Class"]
     booster = _booster(result)
     rows = data.loc[values["row_id"], features]
-    expected = booster.predict(xgb.DMatrix(rows), pred_contribs=True)
+    # explained in calibrated log-odds: the margin's values through the run's Platt map
+    platt = Platt(
+        float(run.data.params["calibration.slope"]),
+        float(run.data.params["calibration.intercept"]),
+    )
+    expected = platt.contributions(booster.predict(xgb.DMatrix(rows), pred_contribs=True))
     np.testing.assert_allclose(values[features].to_numpy(), expected[:, :-1], atol=1e-4)
     np.testing.assert_allclose(values["base_value"], expected[:, -1], atol=1e-4)
     # threshold-dependent artifacts at the run's threshold
@@ -300,13 +304,27 @@ def test_fraud_run_files_shap_values_and_threshold_artifacts_that_recomputation_
     assert positive["threshold"] == 0.2
     local = json.loads(_text(client, result["run_id"], "explanations/local_rows.json"))
     assert local["threshold"] == 0.2
+
+    def proba(ids):
+        return platt.apply(
+            booster.predict(xgb.DMatrix(data.loc[ids, features]), output_margin=True)
+        )
+
     picked = local["rows"].get("false_positives", [])
-    proba = booster.predict(xgb.DMatrix(data.loc[picked, features]))
-    assert (proba >= 0.2).all()
+    assert (proba(picked) >= 0.2).all()
     assert len(picked) == min(5, metrics["test_false_positives"])
     missed = local["rows"].get("false_negatives", [])
     assert len(missed) == min(5, metrics["test_false_negatives"])
-    assert (booster.predict(xgb.DMatrix(data.loc[missed, features])) < 0.2).all()
+    assert (proba(missed) < 0.2).all()
+    # the served model's probabilities are those calibrated ones
+    import mlflow
+
+    served = mlflow.pyfunc.load_model(result["model_uri"]).predict(
+        data.loc[missed + picked], params={"predict_method": "predict_proba"}
+    )
+    np.testing.assert_allclose(served["1"], proba(missed + picked), rtol=1e-6)
+    assert metrics["valid_log_loss_calibrated"] <= metrics["valid_log_loss_uncalibrated"]
+    assert "xgb.scale_pos_weight" not in run.data.params
 
 
 def _booster(result):
@@ -335,7 +353,6 @@ def test_users_csv_with_string_target_and_categoricals(store, client, tmp_path):
     assert run.data.metrics["test_accuracy_score"] > 0.8
     # the registered model predicts the raw CSV rows (strings, gaps) as species names
     import mlflow
-    import pandas as pd
 
     model_info = mlflow.models.get_model_info(result["model_uri"])
     assert model_info.metadata["categories"]["island"] == ["Biscoe", "Dream", "Torgersen"]

@@ -19,11 +19,13 @@ import pytest
 import xgboost as xgb
 
 from tasks import tracking
+from tasks.calibration import Platt
 from tasks.config import DataConfig
 from tasks.data import prepare
 from tasks.serving import ModelCard
 from tests.conftest import messy_frame
 
+PLATT = Platt(slope=0.8, intercept=-0.3)
 OBJECTIVES = {
     "binary": {"objective": "binary:logistic"},
     "multiclass": {"objective": "multi:softprob", "num_class": 3},
@@ -68,7 +70,13 @@ def models(tmp_path_factory):
         path = root / f"{task}.ubj"
         booster.save_model(path)
         run = client.create_run(exp)
-        card = ModelCard(task=task, spec=info.spec, classes=info.classes, threshold=0.4)
+        card = ModelCard(
+            task=task,
+            spec=info.spec,
+            classes=info.classes,
+            threshold=0.4,
+            calibration=PLATT if task == "binary" else None,
+        )
         logged = tracking.log_glassbox_model(
             run.info.run_id,
             str(path),
@@ -100,6 +108,9 @@ def test_pyfunc_predicts_raw_rows_in_the_users_terms(models, task):
     shuffled = raw.iloc[::-1][list(reversed(raw.columns))]  # rows and columns in another order
     got = model.predict(shuffled)
     score = m["booster"].inplace_predict(m["features"].iloc[::-1])
+    if task == "binary":  # the served probabilities are the calibrated ones
+        margin = m["booster"].inplace_predict(m["features"].iloc[::-1], predict_type="margin")
+        score = PLATT.apply(margin)
     if task == "regression":
         np.testing.assert_allclose(got, score, rtol=1e-6)
     else:
@@ -155,6 +166,9 @@ def test_mlflow_evaluate_scores_the_registered_model(models, task, model_type, m
             # StringDtype); Glassbox logs TreeSHAP itself.
             evaluator_config={"log_model_explainability": False},
         )
+    import matplotlib.pyplot as plt
+
+    plt.close("all")  # MLflow's evaluator leaves its pyplot figures open
     predicted = mlflow.pyfunc.load_model(m["uri"]).predict(data.drop(columns="target"))
     if task == "regression":
         expected = skm.r2_score(data["target"], predicted)

@@ -53,11 +53,27 @@ def test_auc_per_round_only_when_asked_and_loss_stays_last_for_early_stopping():
     ]
 
 
-def test_imbalanced_binary_gets_scale_pos_weight_unless_set_or_disabled():
-    p = xgb_params("binary", 2, {}, device="cpu", eval_auc=False, positive_share=0.002)
+def test_imbalanced_binary_gets_scale_pos_weight_only_when_asked():
+    default = xgb_params("binary", 2, {}, device="cpu", eval_auc=False, positive_share=0.002)
+    assert "scale_pos_weight" not in default  # reweighting distorts probabilities
+    p = xgb_params(
+        "binary",
+        2,
+        {},
+        device="cpu",
+        eval_auc=False,
+        positive_share=0.002,
+        auto_scale_pos_weight=True,
+    )
     assert p["scale_pos_weight"] == pytest.approx(499)
     balanced = xgb_params(
-        "binary", 2, {}, device="cpu", eval_auc=False, positive_share=IMBALANCE + 0.2
+        "binary",
+        2,
+        {},
+        device="cpu",
+        eval_auc=False,
+        positive_share=IMBALANCE + 0.2,
+        auto_scale_pos_weight=True,
     )
     assert "scale_pos_weight" not in balanced
     mine = xgb_params(
@@ -188,3 +204,18 @@ def test_an_objective_that_contradicts_the_task_is_refused_naming_both():
     check_objective("regression", {"objective": "count:poisson"})
     check_objective("binary", {})  # the task's own default
     check_objective("auto", {"objective": "reg:squarederror"})  # decided once the data is read
+
+
+def test_platt_map_is_recovered_and_keeps_shap_values_additive():
+    from tasks.calibration import fit_platt
+
+    rng = np.random.default_rng(0)
+    margin = rng.normal(0, 2, 40_000)
+    y = (rng.uniform(size=margin.size) < 1 / (1 + np.exp(-(0.5 * margin - 1.0)))).astype(int)
+    platt = fit_platt(margin, y)
+    assert platt.slope == pytest.approx(0.5, abs=0.03)
+    assert platt.intercept == pytest.approx(-1.0, abs=0.05)
+    contribs = rng.normal(size=(20, 3, 5))  # (rows, classes-or-not, features + base)
+    mapped = platt.contributions(contribs)
+    np.testing.assert_allclose(mapped.sum(-1), platt.log_odds(contribs.sum(-1)))
+    np.testing.assert_allclose(mapped[..., :-1], 0.5 * contribs[..., :-1], rtol=0.1)
