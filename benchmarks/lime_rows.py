@@ -36,8 +36,10 @@ from tasks.cluster import dask_cluster
 from tasks.config import ClusterConfig, ExplainConfig, validate_config
 from tasks.data import DatasetInfo
 from tasks.datasets import FRAUD_ROWS, make_fraud
-from tasks.explain import explained_labels, lime_chunks, select_rows
+from tasks.lime_dask import lime_chunks
 from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk
+from tasks.row_picking import select_rows
+from tasks.treeshap import explained_labels
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -9,7 +9,7 @@ import shap
 import xgboost as xgb
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_wine
 
-from tasks.explain import explain_sample, explanations, shap_figures, shap_frame, shap_values
+from tasks.treeshap import explain_sample, explanations, shap_figures, shap_frame, shap_values
 
 CASES = {
     "binary": (load_breast_cancer, {"objective": "binary:logistic"}),
@@ -132,7 +132,7 @@ def test_categorical_features_are_explained(cluster):
     assert labels == {"a", "b", "c", "missing"}
     for f in drawn.values():
         plt.close(f)
-    from tasks.explain import local_plots
+    from tasks.treeshap import local_plots
 
     rows = x.iloc[[0, 12]]
     row_contribs = booster.predict(xgb.DMatrix(rows, enable_categorical=True), pred_contribs=True)
@@ -146,7 +146,7 @@ def test_categorical_features_are_explained(cluster):
 
 def test_local_rows_follow_the_rules_and_keep_the_input_ids():
     from tasks.config import ConfigError, ExplainConfig
-    from tasks.explain import select_rows
+    from tasks.row_picking import select_rows
 
     ids = np.array([100, 101, 102, 103, 104, 105])
     y = np.array([0, 0, 1, 1, 0, 1])
@@ -166,7 +166,7 @@ def test_local_rows_follow_the_rules_and_keep_the_input_ids():
 
 
 def test_local_plots_are_a_waterfall_and_a_force_page_per_row():
-    from tasks.explain import explained_labels, local_plots, row_values
+    from tasks.treeshap import explained_labels, local_plots, row_values
 
     booster, x, _ = _model("multiclass")
     rows = x.iloc[[0, 170]]
@@ -185,7 +185,7 @@ def test_local_plots_are_a_waterfall_and_a_force_page_per_row():
 
 
 def test_interactions_equal_tree_explainer(cluster):
-    from tasks.explain import shap_interactions
+    from tasks.treeshap import shap_interactions
 
     booster, x, _ = _model("multiclass")
     x = x.iloc[:60]
@@ -235,7 +235,7 @@ def test_top_k_agreement_is_judged_against_chance():
 
 
 def test_agreement_metrics_summarise_only_rows_lime_fits():
-    from tasks.explain import agreement_metrics
+    from tasks.lime_dask import agreement_metrics
 
     table = pd.DataFrame(
         {
@@ -256,7 +256,7 @@ def test_agreement_metrics_summarise_only_rows_lime_fits():
 def test_lime_on_the_cluster_equals_lime_in_one_process(cluster):
     from tasks.config import ExplainConfig
     from tasks.data import DatasetInfo
-    from tasks.explain import lime_rows
+    from tasks.lime_dask import lime_rows
     from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_chunk, page
 
     booster, x, _ = _model("multiclass")
@@ -306,7 +306,7 @@ def test_lime_on_the_cluster_equals_lime_in_one_process(cluster):
 
 
 def test_index_page_lists_every_row_with_prediction_label_and_files():
-    from tasks.explain import index_page
+    from tasks.explain_page import index_page
 
     entries = [
         {
@@ -348,7 +348,7 @@ def test_index_page_lists_every_row_with_prediction_label_and_files():
 def test_values_are_filed_under_the_ids_of_the_rows_they_explain(cluster, task):
     """Ids out of order (a shuffled split), a sample of them, several partitions: each id's
     values equal TreeSHAP of that id's own row, through every path that computes SHAP."""
-    from tasks.explain import row_values, shap_interactions, to_dask
+    from tasks.treeshap import row_values, shap_interactions, to_dask
 
     booster, x, y = _model(task)
     rng = np.random.default_rng(0)
@@ -397,7 +397,7 @@ def test_values_are_filed_under_the_ids_of_the_rows_they_explain(cluster, task):
 
 def test_error_rules_use_the_runs_decision_threshold():
     from tasks.config import ExplainConfig
-    from tasks.explain import select_rows
+    from tasks.row_picking import select_rows
 
     ids = np.arange(200, 210)
     y = np.array([0, 0, 0, 0, 1, 1, 1, 0, 0, 1])

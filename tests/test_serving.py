@@ -251,3 +251,40 @@ def test_scoring_server_answers_json_records_with_strings(models, tmp_path):
         server.terminate()
         server.wait(timeout=30)
         log.close()
+
+
+def test_a_parquet_datetime_column_is_served_as_calendar_numbers(models, tmp_path):
+    """A datetime column in a Parquet file: the hour of day decides the label, the model reads
+    the raw datetime column at serving time and gets it right."""
+    import mlflow
+    from mlflow import MlflowClient
+
+    rng = np.random.default_rng(0)
+    stamps = pd.Series(pd.date_range("2020-01-01", periods=800, freq="13h"))
+    frame = pd.DataFrame({"at": stamps, "noise": rng.normal(size=800)})
+    frame["label"] = np.where(stamps.dt.hour < 12, "morning", "evening")
+    path = tmp_path / "events.parquet"
+    frame.to_parquet(path)
+    raw = pd.read_parquet(path)
+    data, info = prepare(
+        raw, DataConfig(source=str(path), target="label"), default_target=None, name="events"
+    )
+    assert "at.hour" in info.features and info.spec.columns[0].raw_type == "datetime"
+    booster = xgb.train(
+        {"objective": "binary:logistic", "max_depth": 2},
+        xgb.DMatrix(data[info.features], data["label"]),
+        20,
+    )
+    booster.save_model(tmp_path / "events.ubj")
+    client = MlflowClient()
+    run = client.create_run(models["binary"]["experiment_id"])
+    logged = tracking.log_glassbox_model(
+        run.info.run_id,
+        str(tmp_path / "events.ubj"),
+        ModelCard(task="binary", spec=info.spec, classes=info.classes),
+        raw[["at", "noise"]].head(3),
+        registered_model_name="events",
+    )
+    model = mlflow.pyfunc.load_model(f"models:/events/{logged.version}")
+    predicted = model.predict(raw[["noise", "at"]].tail(200))
+    assert (predicted == raw["label"].tail(200).to_numpy()).mean() > 0.97
