@@ -278,8 +278,9 @@ def _decide(
             tokens_made,
         )
     column = Column(name, "category", raw_type, categories=_categories(text))
-    reason = "categories" + (f"; {tokens_made} missing-value token(s)" if tokens_made else "")
-    return kept(column, distinct, tokens_made, reason, tokens_made > 0)
+    reason = "categories" + (" (data.columns)" if choice == "category" else "")
+    reason += f"; {tokens_made} missing-value token(s)" if tokens_made else ""
+    return kept(column, distinct, tokens_made, reason, tokens_made > 0 or choice != "auto")
 
 
 def clean_target(y: pd.Series, tokens: tuple[str, ...]) -> pd.Series:

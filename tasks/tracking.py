@@ -371,7 +371,8 @@ def log_glassbox_model(
         card_path.write_text(card.to_json())
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=GlassboxModel(),
+            # Models from code: MLflow runs this file at load time instead of unpickling.
+            python_model=str(Path(tasks.__file__).parent / "mlflow_model.py"),
             artifacts={"booster": booster_path, "card": str(card_path)},
             code_paths=[str(Path(tasks.__file__).parent)],
             signature=model_signature(card),
