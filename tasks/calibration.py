@@ -38,10 +38,22 @@ class Platt:
 
 
 def fit_platt(margin: np.ndarray, y: np.ndarray) -> Platt:
-    """Fit the map on held-out rows (the valid split): an unpenalised logistic regression of the
-    label on the margin."""
-    from sklearn.linear_model import LogisticRegression
+    """Fit the map on held-out rows (the valid split) by maximum likelihood with Platt's
+    smoothed targets ((N+ + 1) / (N+ + 2) for positives, 1 / (N- + 2) for negatives), which
+    keeps a map fitted on a few dozen positives from claiming certainty."""
+    from scipy.optimize import minimize
 
-    model = LogisticRegression(C=1e6, max_iter=1000)
-    model.fit(np.asarray(margin, dtype=float).reshape(-1, 1), np.asarray(y))
-    return Platt(float(model.coef_[0, 0]), float(model.intercept_[0]))
+    m = np.asarray(margin, dtype=float)
+    y = np.asarray(y)
+    positives = int(y.sum())
+    target = np.where(y == 1, (positives + 1) / (positives + 2), 1 / (len(y) - positives + 2))
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        z = params[0] * m + params[1]
+        # log(1 + e^z) - t z, and its gradient, computed stably
+        value = np.sum(np.logaddexp(0.0, z) - target * z)
+        residual = 1.0 / (1.0 + np.exp(-z)) - target
+        return float(value), np.array([np.sum(residual * m), np.sum(residual)])
+
+    fitted = minimize(loss, x0=np.array([1.0, 0.0]), jac=True, method="L-BFGS-B")
+    return Platt(float(fitted.x[0]), float(fitted.x[1]))

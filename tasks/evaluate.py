@@ -20,6 +20,7 @@ from tasks.data import DatasetInfo, dask_split
 from tasks.metrics import (
     HEADLINE,
     best_f1_threshold,
+    binary_metrics,
     evaluation_metrics,
     per_class_metrics,
 )
@@ -75,9 +76,11 @@ def iter_figures(
     features: pd.DataFrame,
     targets: dict[str, np.ndarray],
     tuned_threshold: float | None,
+    uncalibrated: np.ndarray | None = None,
 ) -> Iterator[tuple[str, Figure]]:
     """The figures that fit the task and were asked for, built one at a time (the caller logs
-    and drops each before the next is drawn)."""
+    and drops each before the next is drawn). `uncalibrated`: the booster's own probabilities
+    of a calibrated binary model, drawn beside the calibrated ones."""
     classify, classes = info.task != "regression", info.classes
     if classify:
         y_pred = (score >= cfg.threshold).astype(int) if score.ndim == 1 else score.argmax(1)
@@ -98,7 +101,10 @@ def iter_figures(
         ),
         "roc": (classify, lambda: figs.roc(y_true, score, classes)),
         "precision_recall": (classify, lambda: figs.precision_recall(y_true, score, classes)),
-        "calibration": (classify, lambda: figs.calibration(y_true, score, classes)),
+        "calibration": (
+            classify,
+            lambda: figs.calibration(y_true, score, classes, uncalibrated=uncalibrated),
+        ),
         "threshold": (
             info.task == "binary",
             lambda: figs.threshold_analysis(y_true, score, tuned_threshold, cfg.threshold),
@@ -128,24 +134,32 @@ def predict(
     model_path: str,
     info: DatasetInfo,
     paths: list[str],
-    calibration: Platt | None = None,
+    predict_type: str = "value",
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Targets and predictions of split files, computed on the cluster in one pass; only the
-    arrays come back. Predictions are P(class 1) (calibrated by `calibration` when given),
-    class probabilities or values."""
+    arrays come back. Predictions are P(class 1), class probabilities or values, or with
+    `predict_type="margin"` the raw margin."""
     import xgboost as xgb
     import xgboost.dask as dxgb
 
     booster = xgb.Booster(model_file=model_path)
-    kind = "margin" if calibration is not None else "value"
     lazy = []
     for path in paths:
         features, target = dask_split(path, info)
-        lazy += [target, dxgb.inplace_predict(cluster.client, booster, features, predict_type=kind)]
+        lazy += [
+            target,
+            dxgb.inplace_predict(cluster.client, booster, features, predict_type=predict_type),
+        ]
     arrays = [np.asarray(a) for a in cluster.client.compute(lazy, sync=True)]
-    if calibration is not None:
-        arrays[1::2] = [calibration.apply(a) for a in arrays[1::2]]
     return list(zip(arrays[::2], arrays[1::2], strict=True))
+
+
+def calibrated(
+    preds: list[tuple[np.ndarray, np.ndarray]], platt: Platt
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
+    """Margins -> the calibrated probabilities, and the booster's own (uncalibrated) ones."""
+    own = [1.0 / (1.0 + np.exp(-margin)) for _, margin in preds]
+    return [(y, platt.apply(margin)) for y, margin in preds], own
 
 
 @task(name="evaluate-model", cache_policy=NO_CACHE)
@@ -161,17 +175,20 @@ def evaluate_model(
     cluster; log the metrics, the figures and the tables. Returns the metrics and the figures'
     artifact paths."""
     binary = info.task == "binary"
-    preds = predict(
-        cluster,
-        trained["model"],
-        info,
-        [splits["test"], *[splits["valid"]] * binary],
-        trained.get("calibration"),
-    )
+    platt = trained.get("calibration")
+    paths = [splits["test"], *[splits["valid"]] * binary]
+    preds = predict(cluster, trained["model"], info, paths, "margin" if platt else "value")
+    uncalibrated = None
+    if platt is not None:
+        preds, own = calibrated(preds, platt)
+        uncalibrated = own[0]
     tuned = best_f1_threshold(*preds[1]) if binary else None
     scores = evaluation_metrics(
         info.task, *preds[0], threshold=cfg.threshold, tuned_threshold=tuned
     )
+    if uncalibrated is not None:  # before and after the map, on the test rows
+        before = binary_metrics(preds[0][0], uncalibrated)
+        scores |= {f"test_{k}_uncalibrated": before[k] for k in ("log_loss", "brier_score")}
     tracking.log_metrics(run_id, scores)
     context = _figure_context(trained["model"], info, splits, cfg)
     row_ids = context.pop("row_ids")
@@ -183,6 +200,7 @@ def evaluate_model(
         history=trained["history"],
         best_iteration=trained["best_iteration"],
         tuned_threshold=tuned,
+        uncalibrated=uncalibrated,
         **context,
     ):
         logged.append(f"figures/{name}.png")

@@ -284,10 +284,16 @@ def precision_recall(y_true: np.ndarray, score: np.ndarray, classes: list[str]) 
 
 
 def calibration(
-    y_true: np.ndarray, score: np.ndarray, classes: list[str], n_bins: int = 10
+    y_true: np.ndarray,
+    score: np.ndarray,
+    classes: list[str],
+    n_bins: int = 10,
+    uncalibrated: np.ndarray | None = None,
 ) -> Figure:
     """Reliability curve above a histogram of the predicted probabilities. Binary: P(positive);
-    multiclass: the confidence of the predicted class against whether it was right."""
+    multiclass: the confidence of the predicted class against whether it was right. With
+    `uncalibrated` (binary), the booster's own probabilities are drawn too: before and after
+    the calibration map."""
     if score.ndim == 1:
         hit, prob, what = y_true, score, f"P({classes[1]})"
     else:
@@ -299,8 +305,24 @@ def calibration(
     with style():
         fig = Figure(figsize=(6.5, 6.5), layout="constrained")
         top, bottom = fig.subplots(2, 1, height_ratios=[2, 1], sharex=True)
+        if uncalibrated is not None:
+            CalibrationDisplay.from_predictions(
+                hit,
+                uncalibrated,
+                n_bins=n_bins,
+                strategy="uniform",
+                name="booster's own (uncalibrated)",
+                ax=top,
+                linestyle="--",
+                color="grey",
+            )
         CalibrationDisplay.from_predictions(
-            hit, prob, n_bins=n_bins, strategy="uniform", name="model", ax=top
+            hit,
+            prob,
+            n_bins=n_bins,
+            strategy="uniform",
+            name="model" if uncalibrated is None else "calibrated (Platt, valid split)",
+            ax=top,
         )
         top.set(title="Calibration (reliability) curve", xlabel="", ylabel="observed frequency")
         bottom.hist(prob, bins=np.linspace(0, 1, 41), color="steelblue")

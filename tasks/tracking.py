@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlflow
 import mlflow.pyfunc
+import pandas as pd
 from mlflow import MlflowClient
 from mlflow.entities import DatasetInput, InputTag, Metric, Param
 from mlflow.pyfunc import PythonModel
@@ -25,7 +26,6 @@ from mlflow.pyfunc import PythonModel
 from tasks.config import TrackingConfig
 
 if TYPE_CHECKING:
-    import pandas as pd
     from matplotlib.figure import Figure
 
 FAILURE_TAG = "glassbox.failure_reason"
@@ -308,8 +308,9 @@ class GlassboxModel(PythonModel):  # type: ignore[misc]
         self.card = ModelCard.from_json(Path(context.artifacts["card"]).read_text())
         self.booster = xgb.Booster(model_file=context.artifacts["booster"])
 
-    # No type hint on model_input: MLflow would read one as an input schema of its own.
-    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+    def predict(
+        self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> Any:
         import pandas as pd
 
         from tasks import serving
@@ -366,7 +367,10 @@ def log_glassbox_model(
     # Created here so the model lands in the run's experiment: `log_model` alone files it
     # under the active experiment, which is "Default" in a flow.
     model = client.create_logged_model(experiment_id, name="model", source_run_id=run_id)
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings():
+        # The signature below is explicit: MLflow's hints about type-hinted predict methods
+        # do not apply.
+        warnings.filterwarnings("ignore", message=".*[Tt]ype hint")
         card_path = Path(tmp) / "card.json"
         card_path.write_text(card.to_json())
         info = mlflow.pyfunc.log_model(

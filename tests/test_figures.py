@@ -123,6 +123,15 @@ def test_calibration_has_a_reliability_curve_over_a_histogram():
     assert top.get_title() == "Calibration (reliability) curve"
     assert "model" in _legend(top) and bottom.get_xlabel() == "predicted probability (P(pos))"
     assert sum(p.get_height() for p in bottom.patches) == (y < 2).sum()
+    # a calibrated model: the booster's own curve beside the calibrated one
+    raw = proba[y < 2, 1] ** 3
+    top, _ = figs.calibration(
+        y[y < 2], proba[y < 2, 1], ["neg", "pos"], uncalibrated=raw
+    ).get_axes()
+    assert _legend(top)[-2:] == [
+        "booster's own (uncalibrated)",
+        "calibrated (Platt, valid split)",
+    ]
 
 
 def test_threshold_analysis_marks_the_chosen_threshold():

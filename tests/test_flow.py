@@ -149,6 +149,7 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     local = Path(mlflow.artifacts.download_artifacts(result["model_uri"]))
     mlmodel = (local / "MLmodel").read_text()
     assert "python_function" in mlmodel and "signature:" in mlmodel
+    assert not list(local.rglob("*.pkl"))  # models from code: nothing to unpickle on load
     assert "xgboost==" in (local / "requirements.txt").read_text()
     bunch = load_breast_cancer(as_frame=True)
     raw = bunch.frame.drop(columns="target").iloc[:, ::-1]
@@ -324,6 +325,7 @@ def test_fraud_run_files_shap_values_and_threshold_artifacts_that_recomputation_
     )
     np.testing.assert_allclose(served["1"], proba(missed + picked), rtol=1e-6)
     assert metrics["valid_log_loss_calibrated"] <= metrics["valid_log_loss_uncalibrated"]
+    assert {"test_log_loss_uncalibrated", "test_brier_score_uncalibrated"} <= set(metrics)
     assert "xgb.scale_pos_weight" not in run.data.params
 
 

@@ -99,63 +99,53 @@ def test_regression_metrics_equal_sklearn_and_mape_skips_zero_targets():
     assert "mean_absolute_percentage_error" not in regression_metrics(np.zeros(5), np.ones(5))
 
 
-def test_binary_metrics_equal_mlflow_evaluate_for_the_same_names(client):
-    import mlflow
-    import pandas as pd
-    import xgboost as xgb
-    from sklearn.datasets import make_classification
-
-    x, y = make_classification(n_samples=800, weights=[0.8], random_state=0)
-    model = xgb.XGBClassifier(n_estimators=20, max_depth=3).fit(x[:500], y[:500])
-    data = pd.DataFrame(x[500:], columns=[f"f{i}" for i in range(x.shape[1])]).assign(label=y[500:])
-    with mlflow.start_run():
-        uri = mlflow.xgboost.log_model(model, name="m").model_uri
-        result = mlflow.models.evaluate(uri, data, targets="label", model_type="classifier")
-    ours = binary_metrics(y[500:], model.predict_proba(x[500:])[:, 1])
-    shared = set(ours) & set(result.metrics)
-    assert {
-        "accuracy_score",
-        "precision_score",
-        "recall_score",
-        "f1_score",
-        "roc_auc",
-        "log_loss",
-        "true_positives",
-        "false_negatives",
-        "example_count",
-        "precision_recall_auc",
-    } <= shared
-    for name in shared:
-        assert ours[name] == pytest.approx(result.metrics[name]), name
+COMMON_WITH_MLFLOW = {
+    "accuracy_score",
+    "precision_score",
+    "recall_score",
+    "f1_score",
+    "roc_auc",
+    "log_loss",
+    "example_count",
+}
 
 
-def test_multiclass_metrics_equal_mlflow_evaluate_for_the_same_names(client):
+def _ours_and_mlflows(n_classes: int, ours):
+    """Glassbox's metrics and mlflow.models.evaluate's for one XGBoost classifier's test rows."""
     import mlflow
     import pandas as pd
     import xgboost as xgb
     from sklearn.datasets import make_classification
 
     x, y = make_classification(
-        n_samples=900, n_classes=3, n_informative=5, weights=[0.6, 0.3], random_state=1
+        n_samples=900,
+        n_classes=n_classes,
+        n_informative=5,
+        weights=[0.6, 0.3][: n_classes - 1],
+        random_state=n_classes,
     )
     model = xgb.XGBClassifier(n_estimators=15, max_depth=3).fit(x[:500], y[:500])
     data = pd.DataFrame(x[500:], columns=[f"f{i}" for i in range(x.shape[1])]).assign(label=y[500:])
     with mlflow.start_run():
         uri = mlflow.xgboost.log_model(model, name="m").model_uri
         result = mlflow.models.evaluate(uri, data, targets="label", model_type="classifier")
-    ours = multiclass_metrics(y[500:], model.predict_proba(x[500:]))
-    shared = set(ours) & set(result.metrics)
-    assert {
-        "accuracy_score",
-        "precision_score",
-        "recall_score",
-        "f1_score",
-        "roc_auc",
-        "log_loss",
-        "example_count",
-    } <= shared
+    proba = model.predict_proba(x[500:])
+    return ours(y[500:], proba[:, 1] if n_classes == 2 else proba), result.metrics
+
+
+@pytest.mark.parametrize(
+    ("n_classes", "ours", "also"),
+    [
+        (2, binary_metrics, {"true_positives", "false_negatives", "precision_recall_auc"}),
+        (3, multiclass_metrics, set()),
+    ],
+)
+def test_metrics_equal_mlflow_evaluate_for_the_same_names(client, n_classes, ours, also):
+    mine, mlflows = _ours_and_mlflows(n_classes, ours)
+    shared = set(mine) & set(mlflows)
+    assert COMMON_WITH_MLFLOW | also <= shared
     for name in shared:
-        assert ours[name] == pytest.approx(result.metrics[name]), name
+        assert mine[name] == pytest.approx(mlflows[name]), name
 
 
 def test_binary_per_class_table_is_decided_at_the_runs_threshold():
