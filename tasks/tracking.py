@@ -20,7 +20,7 @@ import mlflow
 import mlflow.pyfunc
 import pandas as pd
 from mlflow import MlflowClient
-from mlflow.entities import DatasetInput, InputTag, Metric, Param
+from mlflow.entities import DatasetInput, InputTag, LoggedModelOutput, Metric, Param
 from mlflow.pyfunc import PythonModel
 
 from tasks.config import TrackingConfig
@@ -391,6 +391,9 @@ def log_glassbox_model(
                 f"pydantic=={pydantic.__version__}",
             ],
         )
+    # The run page lists a run's models from its outputs: `log_model` links them only for an
+    # active (fluent) run, which a flow does not have.
+    client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=0)])
     version = info.registered_model_version
     return LoggedModel(
         uri=info.model_uri,

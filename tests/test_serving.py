@@ -138,6 +138,9 @@ def test_the_model_is_filed_with_its_run(models, task):
         experiment_ids=[m["experiment_id"]], filter_string=f"source_run_id = '{m['run_id']}'"
     )
     assert logged.experiment_id == m["experiment_id"]
+    # the run page lists the run's models from its outputs
+    outputs = client.get_run(m["run_id"]).outputs.model_outputs
+    assert [o.model_id for o in outputs] == [logged.model_id]
     version = client.get_model_version(f"messy-{task}", m["uri"].rsplit("/", 1)[1])
     assert version.run_id == m["run_id"]
 
