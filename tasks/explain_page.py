@@ -44,7 +44,11 @@ def index_page(entries: list[dict[str, Any]], title: str) -> str:
             f"<td>{html.escape(', '.join(e['rules']))}</td><td>{html.escape(e['label'])}</td>"
             f"<td>{html.escape(e['prediction'])}</td><td>{html.escape(e['explained'])}</td>"
             f"<td>{e.get('top_k_jaccard', float('nan')):.2f}</td>"
-            f"<td>{e.get('spearman', float('nan')):.2f}</td></tr>"
+            f"<td>{e.get('top_k_jaccard_chance', float('nan')):.2f}</td>"
+            f"<td>{e.get('spearman', float('nan')):.2f}</td>"
+            f"<td>{e.get('lime_score', float('nan')):.2f}"
+            + ("" if e.get("trusted", True) else " <b>untrusted</b>")
+            + "</td></tr>"
         )
         rows.append(
             f'<section id="{anchor}"><h2>Row {html.escape(str(e["row_id"]))}</h2>'
@@ -68,7 +72,7 @@ th {{ background: #f3f3f3; }} section {{ border-top: 1px solid #ddd; margin-top:
 <p>{len(entries)} rows explained locally. Interactive pages (SHAP force plots, LIME) are in the
 run's artifacts at the paths listed per row: select them in the MLflow artifact tree.</p>
 <table><tr><th>row</th><th>chosen as</th><th>label</th><th>prediction</th><th>explained</th>
-<th>top-k Jaccard</th><th>Spearman</th></tr>
+<th>top-k Jaccard</th><th>by chance</th><th>Spearman</th><th>LIME R²</th></tr>
 {"".join(toc)}</table>
 {"".join(rows)}
 <script>

@@ -334,8 +334,12 @@ def _parse_dates(text: pd.Series) -> pd.Series:
 
 
 def _date_parts(dates: pd.Series) -> tuple[str, ...]:
-    """The calendar parts that vary in training (a column of 1 January dates is a year)."""
-    return tuple(p for p in (*DATE_PARTS, "hour") if _date_part(dates, p).nunique() > 1)
+    """The calendar parts that vary in training (a column of 1 January dates is a year). The
+    day of week counts only where the day varies: of a fixed day it is a code of the year."""
+    varying = [p for p in (*DATE_PARTS, "hour") if _date_part(dates, p).nunique() > 1]
+    if "day_of_year" not in varying and "day_of_week" in varying:
+        varying.remove("day_of_week")
+    return tuple(varying)
 
 
 # --------------------------------------------------------------------------------------------

@@ -341,7 +341,7 @@ def test_index_page_lists_every_row_with_prediction_label_and_files():
     assert 'href="lime/row_41.html"' in page and "explanations/lime/row_41.html" in page
     assert page.count("data:image/png;base64,") == 2  # row 41's two figures, embedded
     assert "top-5 overlap (Jaccard) 0.43 against 0.12 by chance" in page and "LIME off" in page
-    assert "not to be trusted" in page
+    assert "not to be trusted" in page and "<td>0.30 <b>untrusted</b></td>" in page
 
 
 @pytest.mark.parametrize("task", list(CASES))

@@ -144,6 +144,7 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
         experiment_ids=[result["experiment_id"]],
         filter_string=f"source_run_id = '{result['run_id']}'",
     )
+    assert [o.model_id for o in run.outputs.model_outputs] == [logged.model_id]  # on its page
     root = Path(store["tracking.artifact_root"]).resolve().as_uri()
     assert logged.artifact_location.startswith(root)
     local = Path(mlflow.artifacts.download_artifacts(result["model_uri"]))

@@ -89,6 +89,10 @@ def test_datetimes_and_times_of_day_become_numbers():
     assert "at.hour" in spec.features and "text.hour" in spec.features
     assert "day.hour" not in spec.features  # no time of day: no hour feature
     assert "at.year" not in spec.features  # one year only: no year feature
+    # model years stored as 1 January dates: only the year varies, and the day of week of a
+    # fixed day is no feature of its own
+    years = pd.DataFrame({"Year": [f"{y}-01-01" for y in range(1970, 1983)] * 3})
+    assert profile_columns(years)[0].features == ["Year.year"]
     x = transform(frame, spec)
     np.testing.assert_array_equal(x["at.hour"], stamps.dt.hour)
     np.testing.assert_array_equal(x["text.hour"], stamps.dt.hour)
