@@ -42,6 +42,8 @@ class DatasetInfo:
     features: list[str]
     categories: dict[str, list[str]] = field(default_factory=dict)
     classes: list[str] = field(default_factory=list)
+    # The classes as the target holds them (ints stay ints): what the served model returns.
+    label_values: list[Any] = field(default_factory=list)
     n_rows: int = 0
     # How raw columns become `features` (logged with the model), and what the profile saw.
     spec: Spec = field(default_factory=lambda: Spec(()))
@@ -101,6 +103,7 @@ def prepare(
     _check_target_values(y_raw, target)
     task = detect_task(y_raw) if cfg.task == "auto" else cfg.task
     y, classes = encode_target(y_raw, task, target=target, positive_class=cfg.positive_class)
+    as_held = {str(v): v.item() if hasattr(v, "item") else v for v in y_raw.dropna().unique()}
     spec, profile = profile_columns(
         frame[features],
         cfg.columns,
@@ -119,6 +122,7 @@ def prepare(
         features=spec.features,
         categories=spec.categories,
         classes=classes,
+        label_values=[as_held[name] for name in classes],
         n_rows=len(data),
         spec=spec,
         profile=profile,

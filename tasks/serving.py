@@ -30,6 +30,7 @@ class ModelCard:
     classes: list[str] = field(default_factory=list)
     threshold: float = 0.5  # binary: a row is the positive class (classes[1]) from here on
     calibration: Platt | None = None  # binary: margin -> calibrated probability
+    labels: list[Any] = field(default_factory=list)  # the classes as the target held them
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)
@@ -43,6 +44,7 @@ class ModelCard:
             classes=list(raw.get("classes", [])),
             threshold=float(raw.get("threshold", 0.5)),
             calibration=Platt(**raw["calibration"]) if raw.get("calibration") else None,
+            labels=list(raw.get("labels", [])),
         )
 
 
@@ -59,7 +61,8 @@ def scores(booster: Any, card: ModelCard, rows: pd.DataFrame) -> np.ndarray:
 def predict(
     booster: Any, card: ModelCard, rows: pd.DataFrame, method: PredictMethod = "predict"
 ) -> np.ndarray | pd.DataFrame:
-    """Raw rows -> an array of labels by name (binary at the model's threshold), or with
+    """Raw rows -> an array of labels as the target held them (names; integers stay integers;
+    binary at the model's threshold), or with
     `method="predict_proba"` a frame of probabilities with a column per class name;
     regression: an array of values either way. (Arrays, not named Series: MLflow's scoring
     server answers a Series as records of one-key objects.)
@@ -77,4 +80,4 @@ def predict(
     if method == "predict_proba":
         return pd.DataFrame(proba, index=rows.index, columns=card.classes)
     codes = proba.argmax(1) if score.ndim == 2 else (score >= card.threshold).astype(int)
-    return np.asarray(card.classes, dtype=object)[codes]
+    return np.asarray(card.labels or card.classes)[codes]

@@ -332,9 +332,23 @@ def model_signature(card: Any) -> Any:
             for c in card.spec.columns
         ]
     )
-    outputs = Schema([ColSpec("double" if card.task == "regression" else "string")])
+    outputs = Schema([ColSpec(_label_type(card))])
     params = ParamSchema([ParamSpec("predict_method", "string", "predict")])
     return ModelSignature(inputs=inputs, outputs=outputs, params=params)
+
+
+def _label_type(card: Any) -> str:
+    """The served output's type: values, or the labels' own type (ints stay ints)."""
+    if card.task == "regression":
+        return "double"
+    labels = card.labels or card.classes
+    if all(isinstance(v, bool) for v in labels):
+        return "boolean"
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in labels):
+        return "long"
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in labels):
+        return "double"
+    return "string"
 
 
 def log_glassbox_model(

@@ -320,6 +320,7 @@ def log_model(
         classes=info.classes,
         threshold=threshold,
         calibration=trained["calibration"],
+        labels=info.label_values,
     )
     model_path = trained["model"]
     metadata = {

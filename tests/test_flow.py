@@ -325,6 +325,10 @@ def test_fraud_run_files_shap_values_and_threshold_artifacts_that_recomputation_
         data.loc[missed + picked], params={"predict_method": "predict_proba"}
     )
     np.testing.assert_allclose(served["1"], proba(missed + picked), rtol=1e-6)
+    # labels as the file holds them: integers stay integers, decided at the run's threshold
+    labels = mlflow.pyfunc.load_model(result["model_uri"]).predict(data.loc[missed + picked])
+    assert labels.tolist() == (proba(missed + picked) >= 0.2).astype(int).tolist()
+    assert labels.dtype.kind == "i"
     assert metrics["valid_log_loss_calibrated"] <= metrics["valid_log_loss_uncalibrated"]
     assert {"test_log_loss_uncalibrated", "test_brier_score_uncalibrated"} <= set(metrics)
     assert "xgb.scale_pos_weight" not in run.data.params
