@@ -247,12 +247,6 @@ def split_summary(parts: dict[str, pd.DataFrame], info: DatasetInfo) -> dict[str
     return out
 
 
-def read_split(path: str | Path, info: DatasetInfo) -> tuple[pd.DataFrame, pd.Series]:
-    """Features and target of one split file, with the shared categorical dtypes."""
-    frame = pd.read_parquet(path).astype(info.feature_dtypes())
-    return frame[info.features], frame[info.target]
-
-
 def dask_split(path: str | Path, info: DatasetInfo) -> tuple[Any, Any]:
     """Features and target of one split file as Dask collections, read by the workers.
 

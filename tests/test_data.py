@@ -6,10 +6,10 @@ import pytest
 
 from tasks.config import ConfigError, DataConfig, SplitConfig
 from tasks.data import (
+    dask_split,
     detect_task,
     encode_target,
     prepare,
-    read_split,
     split_frame,
     split_summary,
 )
@@ -203,7 +203,7 @@ def test_split_files_share_categories(tmp_path):
     parts = split_frame(data, info, SplitConfig())
     for name, part in parts.items():
         part.to_parquet(tmp_path / f"{name}.parquet")
-    x_test, y_test = read_split(tmp_path / "test.parquet", info)
-    x_train, _ = read_split(tmp_path / "train.parquet", info)
+    x_test, y_test = (c.compute() for c in dask_split(tmp_path / "test.parquet", info))
+    x_train = dask_split(tmp_path / "train.parquet", info)[0].compute()
     assert list(x_test["island"].cat.categories) == list(x_train["island"].cat.categories)
     assert set(y_test.unique()) <= {0, 1, 2}
