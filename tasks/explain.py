@@ -198,7 +198,7 @@ def _local(
         plots = local_plots(values, rows[info.features], [e["explained"] for e in entries])
         for i, (_, waterfall, force) in enumerate(plots):
             entry = entries[i]
-            name = tracking.slug(str(entry["row_id"]))
+            name = tracking.unique_slug(str(entry["row_id"]))
             entry["files"] = [f"shap/row_{name}_waterfall.png", f"shap/row_{name}_force.html"]
             entry["waterfall"] = out.figure(entry["files"][0], waterfall)
             out.text(entry["files"][1], force)
@@ -228,7 +228,7 @@ def _lime_files(
     agreement to the row's index entry."""
     from tasks.lime_rows import compared_k, page
 
-    name = tracking.slug(str(entry["row_id"]))
+    name = tracking.unique_slug(str(entry["row_id"]))
     files = [f"lime/row_{name}.{ext}" for ext in ("html", "json", "png")]
     files.append(f"shap_vs_lime/row_{name}.png")
     out.text(files[0], page(result))

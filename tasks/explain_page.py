@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.tracking import slug
+from tasks.tracking import unique_slug
 
 
 def index_page(entries: list[dict[str, Any]], title: str) -> str:
@@ -25,7 +25,7 @@ def index_page(entries: list[dict[str, Any]], title: str) -> str:
     rows = []
     toc = []
     for e in entries:
-        anchor = f"row-{html.escape(slug(str(e['row_id'])))}"
+        anchor = f"row-{html.escape(unique_slug(str(e['row_id'])))}"
         agree = (
             f"top-{e['top_k']} overlap (Jaccard) {e['top_k_jaccard']:.2f} against "
             f"{e['top_k_jaccard_chance']:.2f} by chance, rank correlation {e['spearman']:.2f}, "

@@ -23,6 +23,8 @@ from lime.discretize import QuartileDiscretizer
 from lime.lime_tabular import LimeTabularExplainer
 from scipy.special import ndtr, ndtri
 
+from tasks.html_safety import safe_page, shield, unshield
+
 MISSING = "(missing)"
 
 
@@ -127,10 +129,12 @@ def build_explainer(
         mode="regression" if regression else "classification",
         feature_names=feature_names,
         categorical_features=cat_idx,
+        # Names shielded: LIME writes them raw into its page's script (`tasks.html_safety`).
         categorical_names={
-            feature_names.index(name): [*cats, MISSING] for name, cats in categories.items()
+            feature_names.index(name): [*map(shield, cats), MISSING]
+            for name, cats in categories.items()
         },
-        class_names=None if regression else class_names,
+        class_names=None if regression else [shield(c) for c in class_names],
         discretize_continuous=True,
         discretizer=discretizer,
         feature_selection="none",  # weights for every feature; the pages show the top ones
@@ -220,7 +224,7 @@ def explain_row(
     return {
         "label": label,
         "weights": weights.tolist(),
-        "conditions": [named.get(j, "") for j in range(len(row))],
+        "conditions": [unshield(named.get(j, "")) for j in range(len(row))],
         "intercept": float(np.ravel(exp.intercept[key])[0]),
         "local_prediction": float(np.ravel(exp.local_pred)[0]),
         "score": float(exp.score),
@@ -233,7 +237,8 @@ def explain_row(
 def page(result: dict[str, Any]) -> str:
     """LIME's HTML page for a result of `explain_row`."""
     exp = result["explanation"]
-    return str(exp.as_html(labels=None if exp.mode == "regression" else (result["label"],)))
+    labels = None if exp.mode == "regression" else (result["label"],)
+    return safe_page(str(exp.as_html(labels=labels)))
 
 
 def explain_chunk(

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from tasks.config import TaskType
 from tasks.data import DatasetInfo
+from tasks.html_safety import safe_page, shield
 from tasks.tracking import slug
 
 
@@ -243,12 +244,14 @@ def local_plots(
             plt.close(num)
         fig.suptitle(f"Row {row_id}: why the model said that ({explained[i]})", y=1.02)
         buffer = io.StringIO()
+        # Category values shielded: shap writes them raw into the page's script.
+        features = [shield(v) if isinstance(v, str) else v for v in shown[i]]
         force = shap.plots.force(
             values[i, -1],
             values[i, :-1],
-            features=data.iloc[i],
+            features=np.asarray(features, dtype=object),
             feature_names=list(data.columns),
             matplotlib=False,
         )
         shap.save_html(buffer, force)
-        yield row_id, fig, buffer.getvalue()
+        yield row_id, fig, safe_page(buffer.getvalue())

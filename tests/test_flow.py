@@ -430,3 +430,53 @@ def test_an_objective_that_contradicts_the_detected_task_stops_before_training(s
     exp = client.get_experiment_by_name("objective-check")
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FAILED" and "train-rmse" not in run.data.metrics
+
+
+def test_hostile_labels_categories_and_ids_stay_text_in_every_page(store, client, tmp_path):
+    """Class labels and category values that try to close a script, and row ids that slug to the
+    same file name: every HTML artifact keeps them as text, and each row has files of its own."""
+    from tasks.config import DataConfig, SplitConfig
+    from tasks.data import prepare, split_frame
+
+    attack = "</script><script>alert('gbx')</script>"
+    frame = penguins_like(240, seed=2)
+    frame["species"] = frame["species"].replace({"Gentoo": f"Gentoo{attack}"})
+    frame["island"] = frame["island"].replace({"Dream": f"<!--{attack}"})
+    frame.insert(0, "id", [f"p{i}" for i in range(len(frame))])
+    # two test rows get ids that slug alike (the split does not depend on the ids)
+    data, info = prepare(
+        frame,
+        DataConfig(source="x.csv", target="species", id_column="id"),
+        default_target=None,
+        name="x",
+    )
+    first, second = split_frame(data, info, SplitConfig(seed=1))["test"].index[:2]
+    frame["id"] = frame["id"].replace({first: "x/1", second: "x_1"})
+    path = tmp_path / "hostile.csv"
+    frame.to_csv(path, index=False)
+    result = _run(
+        store,
+        data_source=str(path),
+        target="species",
+        num_boost_round=20,
+        overrides={
+            "data.id_column": "id",
+            "split.seed": 1,
+            "explain.row_ids": ["x/1", "x_1"],
+            "explain.lime_samples": 500,
+        },
+    )
+    root = Path(client.download_artifacts(result["run_id"], "explanations"))
+    pages = list(root.rglob("*.html"))
+    assert len(pages) > 10
+    for page in pages:
+        text = page.read_text()
+        assert "<script>alert('gbx')" not in text, page.name
+        assert "<!--</script" not in text, page.name
+    lime_pages = [p.read_text() for p in (root / "lime").glob("*.html")]
+    assert any("Gentoo\\u003c/script>" in t for t in lime_pages)  # shown, escaped
+    # the two ids that slug alike have files of their own, and sections of their own
+    waterfalls = {p.name for p in (root / "shap").glob("row_x_1*_waterfall.png")}
+    assert len(waterfalls) == 2
+    index = (root / "index.html").read_text()
+    assert index.count("<h2>Row x/1</h2>") == 1 and index.count("<h2>Row x_1</h2>") == 1

@@ -62,3 +62,11 @@ def test_ui_link_when_an_mlflow_server_is_known(client, store):
     with tracking.mlflow_run(cfg, experiment="t-link", run_name=None, tags={}) as run:
         pass
     assert run.url == f"http://127.0.0.1:5000/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+
+
+def test_unique_slug_gives_ids_that_slug_alike_names_of_their_own():
+    from tasks.tracking import unique_slug
+
+    names = {unique_slug(i) for i in ("x/1", "x_1", "x 1", "x:1", "x_1")}
+    assert len(names) == 4 and "x_1" in names  # a safe id stays as it is
+    assert unique_slug("x/1").startswith("x_1-") and unique_slug("x/1") == unique_slug("x/1")
