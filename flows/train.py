@@ -23,9 +23,15 @@ from tasks.config import PipelineConfig
 from tasks.data import EXAMPLE_FILE, load_data, split_data
 from tasks.datasets import dataset_name
 from tasks.evaluate import evaluate_model
-from tasks.explain import explain_model
+from tasks.explain import check_row_ids, explain_model
 from tasks.metrics import HEADLINE
-from tasks.train import check_objective, check_params, log_model, train_model
+from tasks.train import (
+    check_objective,
+    check_params,
+    log_model,
+    register_model,
+    train_model,
+)
 
 
 def _end_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
@@ -129,16 +135,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         info = loading.result()
         check_objective(info.task, cfg.train.params)
         splits = split_data(info, cfg.split, workspace, run.run_id)
+        if cfg.explain.enabled:
+            check_row_ids(cfg.explain, splits["test"])
         trained = train_model(cluster, info, splits, cfg.train, workspace, run.run_id)
         # Logging the model needs no cluster: it runs while the test set is evaluated.
-        model_name = cfg.tracking.model_name or f"glassbox-{name}"
         logging = log_model.submit(
-            trained,
-            info,
-            str(Path(workspace) / EXAMPLE_FILE),
-            cfg.evaluate.threshold,
-            model_name,
-            run.run_id,
+            trained, info, str(Path(workspace) / EXAMPLE_FILE), cfg.evaluate.threshold, run.run_id
         )
         explaining = (
             explain_model.submit(
@@ -158,13 +160,15 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         scores = evaluated["metrics"]
         logged = logging.result()
         explained = explaining.result() if explaining else {"figures": []}
+        model_name = cfg.tracking.model_name or f"glassbox-{name}"
+        version = register_model(logged, model_name)
         result = {
             "run_id": run.run_id,
             "experiment_id": run.experiment_id,
             "url": run.url,
             "model_uri": logged.uri,
-            "registered_model": logged.registered_name,
-            "model_version": logged.version,
+            "registered_model": model_name,
+            "model_version": version,
             "metrics": scores,
             "headline": {k: scores[k] for k in HEADLINE[info.task] if k in scores},
             "figures": evaluated["figures"] + explained["figures"],

@@ -51,13 +51,19 @@ def select_rows(
             np.sort(rng.choice(len(ids), min(cfg.random_rows, len(ids)), replace=False))
         ]
     if cfg.row_ids:
+        check_requested(cfg.row_ids, ids)
         known = {str(i): i for i in ids}
-        missing = [str(r) for r in cfg.row_ids if str(r) not in known]
-        if missing:
-            raise ConfigError(f"explain.row_ids: not in the test set: {', '.join(missing)}")
         out["requested"] = np.asarray([known[str(r)] for r in cfg.row_ids])
     return {
         rule: [v.item() if hasattr(v, "item") else v for v in rows]
         for rule, rows in out.items()
         if len(rows)
     }
+
+
+def check_requested(requested: tuple[Any, ...], row_ids: Any) -> None:
+    """Raise `ConfigError` naming the requested ids (`explain.row_ids`) the test set lacks."""
+    known = {str(i) for i in row_ids}
+    missing = [str(r) for r in requested if str(r) not in known]
+    if missing:
+        raise ConfigError(f"explain.row_ids: not in the test set: {', '.join(missing)}")

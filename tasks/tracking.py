@@ -302,8 +302,7 @@ def frame_digest(data: pd.DataFrame) -> str:
 @dataclass(frozen=True)
 class LoggedModel:
     uri: str
-    registered_name: str | None
-    version: str | None
+    model_id: str
 
 
 class GlassboxModel(PythonModel):  # type: ignore[misc]
@@ -369,11 +368,11 @@ def log_glassbox_model(
     card: Any,
     input_example: pd.DataFrame,
     *,
-    registered_model_name: str | None,
     metadata: dict[str, Any] | None = None,
 ) -> LoggedModel:
     """Log the pyfunc model (booster in XGBoost's UBJSON format + the model card) into the
-    run's own experiment and artifact location, linked to the run, and register it.
+    run's own experiment and artifact location, linked to the run (registered separately, once
+    the run has everything: `register_model`).
 
     Requirements are given explicitly: MLflow's inference of them costs seconds per model.
     The `tasks` package travels with the model (`code_paths`), so serving needs no install
@@ -408,7 +407,6 @@ def log_glassbox_model(
             signature=model_signature(card),
             input_example=input_example,
             metadata=metadata,
-            registered_model_name=registered_model_name,
             model_id=model.model_id,
             pip_requirements=[
                 f"xgboost=={xgb.__version__}",
@@ -420,9 +418,12 @@ def log_glassbox_model(
     # The run page lists a run's models from its outputs: `log_model` links them only for an
     # active (fluent) run, which a flow does not have.
     client.log_outputs(run_id, models=[LoggedModelOutput(model.model_id, step=0)])
-    version = info.registered_model_version
-    return LoggedModel(
-        uri=info.model_uri,
-        registered_name=registered_model_name,
-        version=str(version) if version is not None else None,
-    )
+    return LoggedModel(uri=info.model_uri, model_id=model.model_id)
+
+
+def register_model(model_uri: str, name: str) -> str:
+    """A new version of registered model `name` from a logged model; returns the version."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        version = mlflow.register_model(model_uri, name)
+    return str(version.version)

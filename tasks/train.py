@@ -309,11 +309,9 @@ def log_model(
     info: DatasetInfo,
     example_path: str,
     threshold: float,
-    model_name: str | None,
     run_id: str,
 ) -> tracking.LoggedModel:
-    """Log the model MLflow serves (booster + preprocessing + calibration + label names) and
-    register it."""
+    """Log the model MLflow serves (booster + preprocessing + calibration + label names)."""
     card = ModelCard(
         task=info.task,
         spec=info.spec,
@@ -331,14 +329,16 @@ def log_model(
         "threshold": threshold if info.task == "binary" else None,
     }
     logged = tracking.log_glassbox_model(
-        run_id,
-        model_path,
-        card,
-        pd.read_parquet(example_path),
-        registered_model_name=model_name,
-        metadata=metadata,
+        run_id, model_path, card, pd.read_parquet(example_path), metadata=metadata
     )
-    get_run_logger().info(
-        "Logged model %s (registered %s version %s)", logged.uri, model_name, logged.version
-    )
+    get_run_logger().info("Logged model %s", logged.uri)
     return logged
+
+
+@task(name="register-model", cache_policy=NO_CACHE)
+def register_model(logged: tracking.LoggedModel, name: str) -> str:
+    """Register the run's model as a new version of `name`: the flow's last step, so no version
+    comes from a run that did not finish."""
+    version = tracking.register_model(logged.uri, name)
+    get_run_logger().info("Registered %s version %s", name, version)
+    return version

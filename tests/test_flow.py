@@ -137,6 +137,9 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     # run, and MLflow's pyfunc predicts labels by name on raw rows (columns in another order)
     version = client.get_model_version("glassbox-breast_cancer", result["model_version"])
     assert version.run_id == result["run_id"]
+    # registered last, once the run has everything: after the explanations' metrics
+    history = client.get_metric_history(result["run_id"], "shap_lime_rows")
+    assert version.creation_timestamp >= max(m.timestamp for m in history)
     import mlflow
     from sklearn.datasets import load_breast_cancer
 
@@ -480,3 +483,19 @@ def test_hostile_labels_categories_and_ids_stay_text_in_every_page(store, client
     assert len(waterfalls) == 2
     index = (root / "index.html").read_text()
     assert index.count("<h2>Row x/1</h2>") == 1 and index.count("<h2>Row x_1</h2>") == 1
+
+
+def test_a_wrong_row_id_stops_the_run_before_training_and_registers_nothing(store, client):
+    with pytest.raises(ConfigError, match="explain.row_ids: not in the test set: 99999"):
+        _run(
+            store,
+            overrides={
+                "explain.row_ids": [99999],
+                "tracking.experiment": "wrong-row-id",
+                "tracking.model_name": "never-registered",
+            },
+        )
+    exp = client.get_experiment_by_name("wrong-row-id")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.info.status == "FAILED" and "train-logloss" not in run.data.metrics
+    assert client.search_model_versions("name = 'never-registered'") == []

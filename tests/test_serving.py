@@ -82,15 +82,15 @@ def models(tmp_path_factory):
             str(path),
             card,
             raw[[c.name for c in info.spec.columns]].head(3),
-            registered_model_name=f"messy-{task}",
         )
+        version = tracking.register_model(logged.uri, f"messy-{task}")
         client.set_terminated(run.info.run_id)
         out[task] = {
             "raw": raw,
             "info": info,
             "booster": booster,
             "features": data[info.features],
-            "uri": f"models:/messy-{task}/{logged.version}",
+            "uri": f"models:/messy-{task}/{version}",
             "run_id": run.info.run_id,
             "experiment_id": exp,
         }
@@ -286,8 +286,9 @@ def test_a_parquet_datetime_column_is_served_as_calendar_numbers(models, tmp_pat
         str(tmp_path / "events.ubj"),
         ModelCard(task="binary", spec=info.spec, classes=info.classes),
         raw[["at", "noise"]].head(3),
-        registered_model_name="events",
     )
-    model = mlflow.pyfunc.load_model(f"models:/events/{logged.version}")
+    model = mlflow.pyfunc.load_model(
+        f"models:/events/{tracking.register_model(logged.uri, 'events')}"
+    )
     predicted = model.predict(raw[["noise", "at"]].tail(200))
     assert (predicted == raw["label"].tail(200).to_numpy()).mean() > 0.97
