@@ -18,6 +18,7 @@ import xgboost.dask as dxgb
 from distributed import Client
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from xgboost.collective import Config
 
 from tasks import tracking
 from tasks.calibration import Platt, fit_platt
@@ -153,6 +154,7 @@ def fit(
     early_stopping_rounds: int | None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     progress_every: int = 25,
+    tracker_host: str | None = "127.0.0.1",
 ) -> tuple[xgb.Booster, dict[str, dict[str, list[float]]]]:
     """Train on the cluster with train and valid evaluated every round.
 
@@ -161,6 +163,9 @@ def fit(
         train, valid: (features, target) as Dask collections.
         params: XGBoost parameters (see `xgb_params`).
         progress: called on the client with `{"round": n, "<data>-<metric>": value, ...}`.
+        tracker_host: where XGBoost's collective tracker listens: loopback for a local cluster
+            (by default it binds the machine's external address); None for XGBoost's choice
+            (a remote cluster's workers must reach it).
 
     Returns:
         The booster (cut at the best iteration when early stopping) and the per-round history.
@@ -187,6 +192,7 @@ def fit(
             evals=[(dtrain, "train"), (dvalid, "valid")],
             callbacks=callbacks,
             verbose_eval=False,
+            coll_cfg=Config(tracker_host_ip=tracker_host) if tracker_host else None,
         )
     finally:
         if progress is not None:
@@ -249,6 +255,8 @@ def train_model(
         early_stopping_rounds=cfg.early_stopping_rounds,
         progress=lambda p: logger.info("round %s: %s", p.pop("round"), _fmt(p)),
         progress_every=cfg.log_every,
+        # A remote cluster's workers must reach the tracker; a local one's are on loopback.
+        tracker_host=None if cluster.kind == "address" else "127.0.0.1",
     )
     summary = {**summarize(booster, history), "train_seconds": time.perf_counter() - start}
     tracking.log_history(run_id, history)

@@ -219,3 +219,39 @@ def test_platt_map_is_recovered_and_keeps_shap_values_additive():
     mapped = platt.contributions(contribs)
     np.testing.assert_allclose(mapped.sum(-1), platt.log_odds(contribs.sum(-1)))
     np.testing.assert_allclose(mapped[..., :-1], 0.5 * contribs[..., :-1], rtol=0.1)
+
+
+def test_training_on_a_local_cluster_listens_on_loopback_only(cluster):
+    """XGBoost's collective tracker binds the machine's external address unless told: sample
+    the listening sockets of this process (scheduler, client, tracker) while it trains."""
+    import threading
+    import time
+
+    import psutil
+
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def sample() -> None:
+        me = psutil.Process()
+        while not done.is_set():
+            seen.update(
+                c.laddr.ip for c in me.net_connections("inet") if c.status == psutil.CONN_LISTEN
+            )
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        fit(
+            cluster.client,
+            _dask(60_000, 0),
+            _dask(2_000, 1),
+            {"objective": "binary:logistic", "tree_method": "hist"},
+            num_boost_round=60,
+            early_stopping_rounds=None,
+        )
+    finally:
+        done.set()
+        sampler.join()
+    assert seen and seen <= {"127.0.0.1", "::1"}
