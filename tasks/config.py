@@ -67,6 +67,7 @@ class DataConfig(_Stage):
         description="per-column type or role, instead of what the profile decides: number, "
         "category, date, drop (or auto)",
     )
+    encoding: str = Field("utf-8", description="text encoding of a CSV source, e.g. latin-1")
     missing_values: tuple[str, ...] = Field(
         MISSING_TOKENS, description="cell values read as missing (text columns and the target)"
     )

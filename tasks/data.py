@@ -270,7 +270,9 @@ def dask_split(path: str | Path, info: DatasetInfo) -> tuple[Any, Any]:
 @task(name="load-data", cache_policy=NO_CACHE)
 def load_data(cfg: DataConfig, workspace: str, run_id: str) -> DatasetInfo:
     """Load, validate and encode the data set; write `data.parquet` into the workspace."""
-    frame, default_target, name = load_source(cfg.source, rows=cfg.rows, seed=cfg.seed)
+    frame, default_target, name = load_source(
+        cfg.source, rows=cfg.rows, seed=cfg.seed, encoding=cfg.encoding
+    )
     data, info = prepare(frame, cfg, default_target=default_target, name=name)
     data.to_parquet(Path(workspace) / "data.parquet")
     # A few raw rows as the user has them: the served model's input example.

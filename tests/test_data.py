@@ -207,3 +207,40 @@ def test_split_files_share_categories(tmp_path):
     x_train = dask_split(tmp_path / "train.parquet", info)[0].compute()
     assert list(x_test["island"].cat.categories) == list(x_train["island"].cat.categories)
     assert set(y_test.unique()) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"a,b,y\n1,2,0,9\n3,4,1\n", "bad.csv line 2 has 4 fields, the header has 3"),
+        (b"a,b,y\n1,2,0\n3,4\n5,6,1\n", "bad.csv line 3 has 2 fields, the header has 3"),
+        (b"", "bad.csv is empty .no header line."),
+        (b"\n\n", "bad.csv is empty .no header line."),
+        (
+            b"a,b,y\n1,caf\xe9,0\n",
+            "bad.csv line 2 is not utf-8 text .byte 0xe9.; set data.encoding",
+        ),
+    ],
+)
+def test_a_malformed_csv_is_one_line_naming_the_file_and_the_line(tmp_path, content, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(ConfigError, match=message):
+        load_source(str(path))
+
+
+def test_a_quoted_newline_is_one_field_and_latin_1_reads_with_its_encoding(tmp_path):
+    path = tmp_path / "ok.csv"
+    path.write_bytes(b'a,b,y\n1,"two\nlines",0\n3,caf\xe9,1\n')
+    frame, _, _ = load_source(str(path), encoding="latin-1")
+    assert frame.shape == (2, 3) and frame.loc[1, "b"] == "caf\u00e9"
+    assert frame.loc[0, "b"] == "two\nlines"
+
+
+def test_an_encoding_error_far_into_the_file_names_its_line(tmp_path):
+    path = tmp_path / "long.csv"
+    lines = [b"a,y"] + [f"{i},{i % 2}".encode() for i in range(5000)]
+    lines[4001] = b"caf\xe9,1"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    with pytest.raises(ConfigError, match="long.csv line 4002 is not utf-8 text .byte 0xe9."):
+        load_source(str(path))
