@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Prefect task -> the plain script's stage(s) that do the same work.
 STAGES = {
-    "load-data": ["load"],
-    "split-data": ["split"],
+    # load-data reads, validates and splits; record-data writes the splits and logs them.
+    "load-data": ["load", "split"],
+    "record-data": [],
     "train-xgboost": ["train"],
     "evaluate-model": ["evaluate", "figures"],
     "log-model": ["save_model"],

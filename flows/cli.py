@@ -11,6 +11,7 @@ from typing import Any
 
 from flows.config import CONF_DIR, Preset, load_config, parse_assignment, preset_path
 from tasks.config import ConfigError
+from tasks.datasets import check_source
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         overrides = dict(parse_assignment(text) for text in args.overrides)
         path = preset_path(args.config)
-        load_config(str(path), overrides)  # fail on a bad config before Prefect starts
+        # A bad config or data source fails here, before Prefect starts (seconds sooner).
+        check_source(load_config(str(path), overrides).data)
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
         return 2

@@ -20,10 +20,10 @@ from flows.config import Preset, load_config
 from tasks import tracking
 from tasks.cluster import background_cluster
 from tasks.config import PipelineConfig
-from tasks.data import EXAMPLE_FILE, load_data, split_data
-from tasks.datasets import dataset_name
+from tasks.data import EXAMPLE_FILE, load_data, record_data
+from tasks.datasets import check_source, dataset_name
 from tasks.evaluate import evaluate_model
-from tasks.explain import check_row_ids, explain_model
+from tasks.explain import explain_model
 from tasks.metrics import HEADLINE
 from tasks.train import (
     check_objective,
@@ -105,6 +105,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """The DAG for one validated configuration."""
     check_params(cfg.train.params)
     check_objective(cfg.data.task, cfg.train.params)
+    check_source(cfg.data)
+    # The data is read, validated and split before a cluster starts or an MLflow run exists:
+    # a bad input leaves the store as it was.
+    loaded = load_data(cfg.data, cfg.split, cfg.explain.row_ids if cfg.explain.enabled else ())
+    info = loaded.info
+    check_objective(info.task, cfg.train.params)
     name = dataset_name(cfg.data.source)
     tags = {
         tracking.PREFECT_RUN_TAG: str(runtime.flow_run.id),
@@ -113,7 +119,7 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         "glassbox.data": name,
     }
     # The cluster's processes start while MLflow's store opens, the run is set up and the data
-    # loads.
+    # is written and logged.
     with (
         background_cluster(cfg.cluster) as starting,
         tracking.mlflow_run(
@@ -126,17 +132,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     ):
         tracking.log_params(run.run_id, tracking.flatten(cfg.model_dump(mode="json")))
         _report(run, cfg)
-        loading = load_data.submit(cfg.data, workspace, run.run_id)
+        recording = record_data.submit(loaded, workspace, run.run_id)
         cluster = starting.result()
         if cluster.dashboard:
             get_run_logger().info(
                 "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
             )
-        info = loading.result()
-        check_objective(info.task, cfg.train.params)
-        splits = split_data(info, cfg.split, workspace, run.run_id)
-        if cfg.explain.enabled:
-            check_row_ids(cfg.explain, splits["test"])
+        splits = recording.result()
         trained = train_model(cluster, info, splits, cfg.train, workspace, run.run_id)
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         logging = log_model.submit(

@@ -6,7 +6,6 @@ run's workspace (stages exchange files, not pickled frames) and log through `tas
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -21,8 +20,9 @@ from sklearn.model_selection import train_test_split
 
 from tasks import tracking
 from tasks.config import ConfigError, DataConfig, SplitConfig, TaskType
-from tasks.datasets import load_source
+from tasks.datasets import load_source, not_a_column
 from tasks.preprocess import ColumnProfile, Spec, clean_target, profile_columns, transform
+from tasks.row_picking import check_requested
 
 ROW_ID = "row_id"
 SPLITS = ("train", "valid", "test")
@@ -84,10 +84,10 @@ def prepare(
         )
     for key, col in [("data.target", target), ("data.id_column", cfg.id_column)]:
         if col is not None and col not in frame.columns:
-            raise ConfigError(f"{key}: {_not_a_column(col, columns)}")
+            raise ConfigError(f"{key}: {not_a_column(col, columns)}")
     unknown = [c for c in cfg.drop if c not in frame.columns]
     if unknown:
-        raise ConfigError(f"data.drop: {_not_a_column(unknown[0], columns)}")
+        raise ConfigError(f"data.drop: {not_a_column(unknown[0], columns)}")
     if len(frame) == 0:
         raise ConfigError(f"data: {cfg.source} is empty (0 rows)")
 
@@ -128,13 +128,6 @@ def prepare(
         profile=profile,
     )
     return data, info
-
-
-def _not_a_column(col: str, columns: list[str]) -> str:
-    close = difflib.get_close_matches(col, columns, n=1, cutoff=0.5)
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    shown = ", ".join(columns[:40]) + (", ..." if len(columns) > 40 else "")
-    return f"'{col}' is not a column{hint} (columns: {shown})"
 
 
 def _check_target_values(y: pd.Series, target: str) -> None:
@@ -267,18 +260,57 @@ def dask_split(path: str | Path, info: DatasetInfo) -> tuple[Any, Any]:
 # Prefect tasks
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """The data read, validated, encoded and split: everything checked before a cluster starts
+    or an MLflow run exists."""
+
+    data: pd.DataFrame
+    info: DatasetInfo
+    parts: dict[str, pd.DataFrame]
+    example: pd.DataFrame  # a few raw rows as the user has them (the served model's example)
+
+
 @task(name="load-data", cache_policy=NO_CACHE)
-def load_data(cfg: DataConfig, workspace: str, run_id: str) -> DatasetInfo:
-    """Load, validate and encode the data set; write `data.parquet` into the workspace."""
+def load_data(cfg: DataConfig, split: SplitConfig, row_ids: tuple[Any, ...] = ()) -> Loaded:
+    """Read, validate, encode and split the data; check the rows asked for by id are in the
+    test split. Nothing is written or logged: a bad input stops here and leaves no trace."""
     frame, default_target, name = load_source(
         cfg.source, rows=cfg.rows, seed=cfg.seed, encoding=cfg.encoding
     )
     data, info = prepare(frame, cfg, default_target=default_target, name=name)
-    data.to_parquet(Path(workspace) / "data.parquet")
-    # A few raw rows as the user has them: the served model's input example.
-    raw = frame.loc[:, [c.name for c in info.spec.columns]].head(5)
-    raw.to_parquet(Path(workspace) / EXAMPLE_FILE)
-    tracking.log_dataset(run_id, data, name=name, source=cfg.source, target=info.target)
+    parts = split_frame(data, info, split)
+    if row_ids:
+        check_requested(row_ids, parts["test"].index)
+    example = frame.loc[:, [c.name for c in info.spec.columns]].head(5)
+    logger = get_run_logger()
+    logger.info(
+        "Loaded %s: %d rows, %d columns -> %d features, task %s%s",
+        name,
+        info.n_rows,
+        len(info.profile),
+        len(info.features),
+        info.task,
+        f", classes {info.classes}" if info.classes else "",
+    )
+    for line in profile_warnings(info.profile):
+        logger.warning(line)
+    return Loaded(data, info, parts, example)
+
+
+@task(name="record-data", cache_policy=NO_CACHE)
+def record_data(loaded: Loaded, workspace: str, run_id: str) -> dict[str, str]:
+    """Write the splits (and the raw example) into the workspace as Parquet; log the data set,
+    its description, the profile and each split's class balance. Returns the splits' paths."""
+    info = loaded.info
+    paths = {}
+    for split, part in loaded.parts.items():
+        paths[split] = str(Path(workspace) / f"{split}.parquet")
+        part.to_parquet(paths[split])
+    loaded.example.to_parquet(Path(workspace) / EXAMPLE_FILE)
+    tracking.log_dataset(
+        run_id, loaded.data, name=info.name, source=info.source, target=info.target
+    )
     tracking.log_text(run_id, info.to_json(), "data/dataset_info.json")
     if info.classes:
         mapping = {name: code for code, name in enumerate(info.classes)}
@@ -293,19 +325,8 @@ def load_data(cfg: DataConfig, workspace: str, run_id: str) -> DatasetInfo:
             "data.columns_dropped": sum(p.role == "dropped" for p in info.profile),
         },
     )
-    logger = get_run_logger()
-    logger.info(
-        "Loaded %s: %d rows, %d columns -> %d features, task %s%s",
-        name,
-        info.n_rows,
-        len(info.profile),
-        len(info.features),
-        info.task,
-        f", classes {info.classes}" if info.classes else "",
-    )
-    for line in profile_warnings(info.profile):
-        logger.warning(line)
-    return info
+    tracking.log_metrics(run_id, split_summary(loaded.parts, info))
+    return paths
 
 
 def profile_table(profile: list[ColumnProfile]) -> pd.DataFrame:
@@ -322,15 +343,3 @@ def profile_warnings(profile: list[ColumnProfile]) -> list[str]:
         for p in profile
         if p.changed
     ]
-
-
-@task(name="split-data", cache_policy=NO_CACHE)
-def split_data(info: DatasetInfo, cfg: SplitConfig, workspace: str, run_id: str) -> dict[str, str]:
-    """Split `data.parquet` into train/valid/test Parquet files; log their class balance."""
-    parts = split_frame(pd.read_parquet(Path(workspace) / "data.parquet"), info, cfg)
-    paths = {}
-    for split, part in parts.items():
-        paths[split] = str(Path(workspace) / f"{split}.parquet")
-        part.to_parquet(paths[split])
-    tracking.log_metrics(run_id, split_summary(parts, info))
-    return paths

@@ -7,13 +7,14 @@ the same data without importing the orchestration stack.
 from __future__ import annotations
 
 import csv
+import difflib
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.config import ConfigError
+from tasks.config import ConfigError, DataConfig
 
 FRAUD_ROWS = 284_807
 FRAUD_POSITIVE_RATE = 492 / 284_807
@@ -68,6 +69,67 @@ def make_fraud(
     return frame
 
 
+def check_source(cfg: DataConfig) -> None:
+    """What can be checked without reading the data, in milliseconds: the source exists, is
+    readable and has the format its name says, and its header holds the target, the id column
+    and every column the config names.
+
+    Raises:
+        ConfigError: one line naming the problem.
+    """
+    if cfg.source.startswith("builtin:"):
+        _builtin_name(cfg.source, cfg.rows)
+        return
+    if cfg.rows is not None:
+        raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")
+    path = Path(cfg.source).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"data.source: file not found: {cfg.source}")
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        header = _check_csv_shape(path, cfg.encoding, rows=False)
+    elif suffix in (".parquet", ".pq"):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            header = list(pq.read_schema(path).names)
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(
+                f"data.source: {path.name} is not a readable Parquet file ({exc})"
+            ) from None
+    else:
+        raise ConfigError(f"data.source: '{cfg.source}' is not a .csv or .parquet file")
+    if cfg.target is None:
+        raise ConfigError(
+            f"data.target is required for {cfg.source}; columns: {', '.join(header[:40])}"
+        )
+    named = [("data.target", cfg.target), ("data.id_column", cfg.id_column)]
+    named += [("data.drop", c) for c in cfg.drop] + [("data.columns", c) for c in cfg.columns]
+    for key, column in named:
+        if column is not None and column not in header:
+            raise ConfigError(f"{key}: {not_a_column(column, header)}")
+
+
+def not_a_column(col: str, columns: list[str]) -> str:
+    """`'x' is not a column; did you mean 'y'? (columns: ...)`."""
+    close = difflib.get_close_matches(col, columns, n=1, cutoff=0.5)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    shown = ", ".join(columns[:40]) + (", ..." if len(columns) > 40 else "")
+    return f"'{col}' is not a column{hint} (columns: {shown})"
+
+
+def _builtin_name(source: str, rows: int | None) -> str:
+    name = source.removeprefix("builtin:")
+    if name not in BUILTINS:
+        raise ConfigError(
+            f"data.source: unknown built-in data set '{name}'; available: {', '.join(BUILTINS)}"
+        )
+    if rows is not None and name != "fraud":
+        raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")
+    return name
+
+
 def dataset_name(source: str) -> str:
     """`builtin:fraud` -> `fraud`; `/data/penguins.csv` -> `penguins`."""
     return source.removeprefix("builtin:") if source.startswith("builtin:") else Path(source).stem
@@ -82,13 +144,7 @@ def load_source(
         The frame, the data set's own target column (built-ins) or None, and the data set name.
     """
     if source.startswith("builtin:"):
-        name = source.removeprefix("builtin:")
-        if name not in BUILTINS:
-            raise ConfigError(
-                f"data.source: unknown built-in data set '{name}'; available: {', '.join(BUILTINS)}"
-            )
-        if rows is not None and name != "fraud":
-            raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")
+        name = _builtin_name(source, rows)
         if name == "fraud":
             return make_fraud(rows or FRAUD_ROWS, seed=seed), "Class", name
         return (*_load_sklearn(name), name)
@@ -136,7 +192,7 @@ def _read_csv(path: Path, encoding: str) -> pd.DataFrame:
     return frame
 
 
-def _check_csv_shape(path: Path, encoding: str, *, rows: bool = True) -> None:
+def _check_csv_shape(path: Path, encoding: str, *, rows: bool = True) -> list[str]:
     """A header, no repeated names (pandas renames them `x.1`), text that decodes, and (`rows`)
     every row as many fields as the header.
 
@@ -161,6 +217,7 @@ def _check_csv_shape(path: Path, encoding: str, *, rows: bool = True) -> None:
                         f"data.source: {path.name} line {reader.line_num} has {len(fields)} "
                         f"fields, the header has {len(header)}"
                     )
+        return header
     except UnicodeDecodeError:
         line, byte = _undecodable(path, encoding)
         raise ConfigError(
@@ -169,6 +226,8 @@ def _check_csv_shape(path: Path, encoding: str, *, rows: bool = True) -> None:
         ) from None
     except LookupError:
         raise ConfigError(f"data.encoding: unknown encoding '{encoding}'") from None
+    except OSError as exc:
+        raise ConfigError(f"data.source: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _undecodable(path: Path, encoding: str) -> tuple[int, int]:

@@ -24,7 +24,7 @@ from tasks.config import ExplainConfig
 from tasks.data import DatasetInfo, dask_split
 from tasks.explain_page import index_page
 from tasks.lime_dask import agreement_metrics, agreement_table, lime_rows
-from tasks.row_picking import check_requested, select_rows
+from tasks.row_picking import select_rows
 from tasks.treeshap import (
     explain_sample,
     explained_labels,
@@ -38,13 +38,6 @@ from tasks.treeshap import (
     shap_values,
     to_dask,
 )
-
-
-def check_row_ids(cfg: ExplainConfig, test_path: str) -> None:
-    """`explain.row_ids` against the test split's ids, right after the split: a wrong id fails
-    the run before training, not after it."""
-    if cfg.row_ids:
-        check_requested(cfg.row_ids, pd.read_parquet(test_path, columns=[]).index)
 
 
 @task(name="explain-model", cache_policy=NO_CACHE)

@@ -80,3 +80,50 @@ def test_train_prints_the_run_id_and_where_to_look(api_env, store, client):
     run_id = line.split()[2]
     assert client.get_run(run_id).info.status == "FINISHED"
     assert f"/runs/{run_id}" in out.stdout and "mlflow ui --backend-store-uri" in out.stdout
+
+
+def test_a_bad_data_source_is_one_line_before_prefect_starts(tmp_path):
+    """Header-level errors need no Prefect server, cluster or MLflow store: the CLI reports them
+    in one line and the store folder is never created."""
+    import subprocess
+    import sys
+
+    csv_path = tmp_path / "cars.csv"
+    csv_path.write_text("Name,MPG,Year\nvw,31,1980-01-01\nford,18,1970-01-01\n")
+    store = tmp_path / "store"
+    cases = [
+        (["--set", f"data.source={tmp_path}/nope.csv", "--set", "data.target=y"], "file not found"),
+        (["--set", f"data.source={csv_path}", "--set", "data.target=mpg"], "'mpg' is not a column"),
+        (["--set", f"data.source={csv_path}"], "data.target is required"),
+        (
+            [
+                "--set",
+                f"data.source={csv_path}",
+                "--set",
+                "data.target=MPG",
+                "--set",
+                "data.columns.Nme=drop",
+            ],
+            "data.columns: 'Nme' is not a column; did you mean 'Name'",
+        ),
+    ]
+    for args, message in cases:
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "flows.cli",
+                "train",
+                *args,
+                "--set",
+                f"tracking.uri=sqlite:///{store}/mlflow.db",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], done.stderr
+        assert "Prefect" not in done.stdout + done.stderr
+    assert not store.exists()

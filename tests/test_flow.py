@@ -402,17 +402,29 @@ def test_messy_csv_is_profiled_and_the_decisions_are_logged(store, client, tmp_p
     assert "when.month" in top or "when.day_of_year" in top
 
 
-def test_bad_input_fails_the_run_with_the_reason_and_keeps_its_params(store, client):
-    with pytest.raises(
-        ConfigError, match="data.target: 'Clas' is not a column; did you mean 'Class'"
-    ):
-        _run(store, "fraud", target="Clas", overrides={"data.rows": 2_000})
-    exp = client.get_experiment_by_name("glassbox-fraud")
-    (run,) = client.search_runs([exp.experiment_id], "params.`data.target` = 'Clas'")
-    assert run.info.status == "FAILED"
-    assert "is not a column" in run.data.tags[tracking.FAILURE_TAG]
-    assert run.data.params["data.rows"] == "2000"
-    assert not any(Path(store["data.workspace"]).iterdir())  # a failed run leaves no files
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"data.target": "Clas"}, "data.target: 'Clas' is not a column; did you mean 'Class'"),
+        ({"data.columns": {"Tme": "drop"}}, "data.columns: 'Tme' is not a"),
+        # the data's own validation: one class only once the rows are read
+        ({"data.target": "V1", "data.task": "binary"}, "data.task is binary but target 'V1'"),
+    ],
+)
+def test_bad_input_stops_before_any_run_exists_and_leaves_the_store_as_it_was(
+    store, client, overrides, message
+):
+    before = {e.name for e in client.search_experiments()}
+    with pytest.raises(ConfigError, match=message):
+        _run(
+            store,
+            "fraud",
+            overrides={"data.rows": 2_000, "tracking.experiment": "bad-input", **overrides},
+        )
+    assert client.get_experiment_by_name("bad-input") is None
+    assert {e.name for e in client.search_experiments()} == before
+    workspace = Path(store["data.workspace"])
+    assert not workspace.exists() or not any(workspace.iterdir())
 
 
 def test_bad_config_fails_before_any_run_is_created(store, client):
@@ -421,7 +433,9 @@ def test_bad_config_fails_before_any_run_is_created(store, client):
     assert client.get_experiment_by_name("never-created") is None
 
 
-def test_an_objective_that_contradicts_the_detected_task_stops_before_training(store, client):
+def test_an_objective_that_contradicts_the_detected_task_stops_before_anything_starts(
+    store, client
+):
     with pytest.raises(ConfigError, match="'reg:squarederror' does not fit the task 'binary'"):
         _run(
             store,
@@ -430,9 +444,7 @@ def test_an_objective_that_contradicts_the_detected_task_stops_before_training(s
                 "tracking.experiment": "objective-check",
             },
         )
-    exp = client.get_experiment_by_name("objective-check")
-    (run,) = client.search_runs([exp.experiment_id])
-    assert run.info.status == "FAILED" and "train-rmse" not in run.data.metrics
+    assert client.get_experiment_by_name("objective-check") is None  # nothing started
 
 
 def test_hostile_labels_categories_and_ids_stay_text_in_every_page(store, client, tmp_path):
@@ -485,7 +497,7 @@ def test_hostile_labels_categories_and_ids_stay_text_in_every_page(store, client
     assert index.count("<h2>Row x/1</h2>") == 1 and index.count("<h2>Row x_1</h2>") == 1
 
 
-def test_a_wrong_row_id_stops_the_run_before_training_and_registers_nothing(store, client):
+def test_a_wrong_row_id_stops_before_anything_starts_and_registers_nothing(store, client):
     with pytest.raises(ConfigError, match="explain.row_ids: not in the test set: 99999"):
         _run(
             store,
@@ -495,7 +507,5 @@ def test_a_wrong_row_id_stops_the_run_before_training_and_registers_nothing(stor
                 "tracking.model_name": "never-registered",
             },
         )
-    exp = client.get_experiment_by_name("wrong-row-id")
-    (run,) = client.search_runs([exp.experiment_id])
-    assert run.info.status == "FAILED" and "train-logloss" not in run.data.metrics
+    assert client.get_experiment_by_name("wrong-row-id") is None  # nothing started
     assert client.search_model_versions("name = 'never-registered'") == []
