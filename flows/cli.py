@@ -72,8 +72,8 @@ def _summary(result: dict[str, Any], uri: str) -> str:
     lines = [
         "",
         f"MLflow run: {result['run_id']} (experiment {result['experiment_id']})",
-        f"Model: {result['registered_model']} version {result['model_version']}"
-        f" ({result['model_uri']})",
+        f"Model: models:/{result['registered_model']}/{result['model_version']}"
+        " (mlflow.pyfunc.load_model takes it; predict_method=predict_proba for probabilities)",
         "Test: " + ", ".join(f"{k} {v:.4f}" for k, v in result["headline"].items()),
     ]
     exp = result["experiment_id"]

@@ -127,3 +127,21 @@ def test_a_bad_data_source_is_one_line_before_prefect_starts(tmp_path):
         assert len(lines) == 1 and message in lines[0], done.stderr
         assert "Prefect" not in done.stdout + done.stderr
     assert not store.exists()
+
+
+def test_the_summary_names_the_registered_model_uri_to_load():
+    from flows.cli import _summary
+
+    text = _summary(
+        {
+            "run_id": "abc",
+            "experiment_id": "4",
+            "registered_model": "glassbox-cars",
+            "model_version": "3",
+            "model_uri": "models:/m-123",
+            "headline": {"test_r2_score": 0.9},
+            "url": None,
+        },
+        "sqlite:///mlruns/mlflow.db",
+    )
+    assert "Model: models:/glassbox-cars/3 " in text
