@@ -195,7 +195,13 @@ def _local(
             "local_rows.json",
             json.dumps({"threshold": decision, "rows": chosen}, indent=2, default=str),
         )
-        plots = local_plots(values, rows[info.features], [e["explained"] for e in entries])
+        # The waterfall's axis: the value, or log-odds / a class's margin (calibrated ones).
+        unit = {
+            "binary": "calibrated log-odds" if platt is not None else "log-odds",
+            "multiclass": "margin",
+        }.get(info.task)
+        titles = [e["explained"] + (f", in {unit}" if unit else "") for e in entries]
+        plots = local_plots(values, rows[info.features], titles)
         for i, (_, waterfall, force) in enumerate(plots):
             entry = entries[i]
             name = tracking.unique_slug(str(entry["row_id"]))
