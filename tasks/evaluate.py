@@ -158,7 +158,7 @@ def calibrated(
     preds: list[tuple[np.ndarray, np.ndarray]], platt: Platt
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray]]:
     """Margins -> the calibrated probabilities, and the booster's own (uncalibrated) ones."""
-    own = [1.0 / (1.0 + np.exp(-margin)) for _, margin in preds]
+    own = [Platt().apply(margin) for _, margin in preds]  # the identity map: the booster's own
     return [(y, platt.apply(margin)) for y, margin in preds], own
 
 

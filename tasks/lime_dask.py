@@ -43,7 +43,7 @@ def lime_chunks(
         bytes(booster.save_raw("ubj")),
         info.task,
         {info.features.index(c): len(cats) for c, cats in info.categories.items()},
-        calibration=(platt.slope, platt.intercept) if platt is not None else None,
+        calibration=platt,
     )
     x = encode(rows, info.categories)
     slots = max(1, sum(client.nthreads().values()))

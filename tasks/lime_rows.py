@@ -23,6 +23,7 @@ from lime.discretize import QuartileDiscretizer
 from lime.lime_tabular import LimeTabularExplainer
 from scipy.special import ndtr, ndtri
 
+from tasks.calibration import Platt
 from tasks.html_safety import safe_page, shield, unshield
 
 MISSING = "(missing)"
@@ -153,7 +154,7 @@ class BoosterPredictor:
     task: str
     n_categories: dict[int, int]
     nthread: int = 1
-    calibration: tuple[float, float] | None = None  # binary: Platt slope, intercept
+    calibration: Platt | None = None  # binary: margin -> calibrated probability
     _booster: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
@@ -171,9 +172,8 @@ class BoosterPredictor:
         if self.calibration is None:
             p = np.asarray(self._booster.inplace_predict(x))
         else:
-            slope, intercept = self.calibration
-            margin = np.asarray(self._booster.inplace_predict(x, predict_type="margin"))
-            p = 1.0 / (1.0 + np.exp(-(slope * margin + intercept)))
+            margin = self._booster.inplace_predict(x, predict_type="margin")
+            p = self.calibration.apply(np.asarray(margin))
         return np.column_stack([1.0 - p, p]) if self.task == "binary" else p
 
     def __getstate__(self) -> dict[str, Any]:

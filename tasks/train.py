@@ -292,7 +292,7 @@ def calibrate(client: Client, booster: xgb.Booster, valid: tuple[Any, Any]) -> t
     )
     margin, y = np.asarray(margin), np.asarray(y)
     platt = fit_platt(margin, y)
-    before, after = 1 / (1 + np.exp(-margin)), platt.apply(margin)
+    before, after = Platt().apply(margin), platt.apply(margin)
     scores = {
         f"valid_{name}_{when}": float(fn(y, p))
         for when, p in (("uncalibrated", before), ("calibrated", after))
