@@ -1,4 +1,5 @@
-"""`glassbox train [PRESET_OR_YAML] [--set key=value ...]`: the train flow from a terminal."""
+"""Glassbox from a terminal: `glassbox train|retrain [PRESET_OR_YAML] [--set key=value ...]`,
+`glassbox promote NAME VERSION`, `glassbox rollback NAME`, `glassbox models [NAME]`."""
 
 from __future__ import annotations
 
@@ -18,13 +19,68 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="glassbox", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     train_cmd = commands.add_parser("train", help="train, evaluate and register a model")
-    train_cmd.add_argument(
-        "config",
-        nargs="?",
-        default="default",
-        help=f"a preset ({', '.join(Preset.__members__)}) or a YAML file (default: default)",
+    retrain_cmd = commands.add_parser(
+        "retrain",
+        help="train a challenger on fresh data; promote it to @champion only if it is better",
     )
-    train_cmd.add_argument(
+    for cmd in (train_cmd, retrain_cmd):
+        cmd.add_argument(
+            "config",
+            nargs="?",
+            default="default",
+            help=f"a preset ({', '.join(Preset.__members__)}) or a YAML file (default: default)",
+        )
+        _set_option(cmd)
+    retrain_cmd.add_argument(
+        "--dry-run", action="store_true", help="decide and report, but move no alias"
+    )
+    promote_cmd = commands.add_parser(
+        "promote", help="make a version @champion through the gate (or --force)"
+    )
+    promote_cmd.add_argument("model", help="registered model name, e.g. glassbox-fraud")
+    promote_cmd.add_argument("version", help="the version to promote")
+    promote_cmd.add_argument(
+        "--config",
+        help="preset or YAML whose data (test split) and gate judge it (default: the preset "
+        "whose model this is)",
+    )
+    promote_cmd.add_argument(
+        "--force", action="store_true", help="skip the gate (the record says so)"
+    )
+    _set_option(promote_cmd)
+    rollback_cmd = commands.add_parser("rollback", help="@champion <- @previous")
+    rollback_cmd.add_argument("model", help="registered model name")
+    _set_option(rollback_cmd)
+    models_cmd = commands.add_parser(
+        "models", help="registered models; with NAME: versions, aliases, metrics, decisions"
+    )
+    models_cmd.add_argument("model", nargs="?", help="registered model name")
+    _set_option(models_cmd)
+    args = parser.parse_args(argv)
+    try:
+        overrides = dict(parse_assignment(text) for text in args.overrides)
+        if args.command in ("train", "retrain"):
+            path = preset_path(args.config)
+            # A bad config or data source fails here, before Prefect starts (seconds sooner).
+            check_source(load_config(str(path), overrides).data)
+        elif args.command == "promote":
+            path = preset_path(args.config) if args.config else _preset_of(args.model)
+            check_source(load_config(str(path), overrides).data)
+        else:
+            path = preset_path("default")
+            tracking_cfg = load_config(str(path), overrides).tracking
+    except ConfigError as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "train":
+        return _train(path, overrides)
+    if args.command == "models":
+        return _models(tracking_cfg, args.model)
+    return _lifecycle(args, path, overrides)
+
+
+def _set_option(cmd: argparse.ArgumentParser) -> None:
+    cmd.add_argument(
         "--set",
         dest="overrides",
         action="append",
@@ -32,16 +88,145 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="override a config value by dotted key, e.g. --set train.num_boost_round=50",
     )
-    args = parser.parse_args(argv)
+
+
+def _preset_of(model: str) -> Path:
+    """The preset whose registered model is `model` (its data and gate judge a promotion)."""
+    for name in Preset.__members__:
+        path = preset_path(name)
+        cfg = load_config(str(path))
+        source = cfg.data.source
+        default = "glassbox-" + (
+            source.removeprefix("builtin:") if source.startswith("builtin:") else Path(source).stem
+        )
+        if (cfg.tracking.model_name or default) == model:
+            return path
+    raise ConfigError(
+        f"no preset registers '{model}': pass --config with the data to judge the promotion on"
+    )
+
+
+def _preset_args(path: Path) -> dict[str, Any]:
+    preset = path.stem if path.resolve().parent == CONF_DIR else None
+    return {
+        "preset": Preset(preset) if preset else Preset["default"],
+        "config_file": None if preset else str(path.resolve()),
+    }
+
+
+def _lifecycle(args: argparse.Namespace, path: Path, overrides: dict[str, Any]) -> int:
+    """retrain, promote, rollback: Prefect flows (visible in the Prefect UI like train)."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.retrain import promote, retrain, rollback
+
+    _hide_tracebacks_of_user_errors()
+    result: Any
     try:
-        overrides = dict(parse_assignment(text) for text in args.overrides)
-        path = preset_path(args.config)
-        # A bad config or data source fails here, before Prefect starts (seconds sooner).
-        check_source(load_config(str(path), overrides).data)
+        if args.command == "retrain":
+            result = retrain(
+                **_preset_args(path),
+                mode="dry_run" if args.dry_run else None,
+                overrides=overrides,
+            )
+            print(_retrain_summary(result))
+        elif args.command == "promote":
+            result = promote(
+                model=args.model,
+                version=str(args.version),
+                force=args.force,
+                overrides=overrides,
+                **_preset_args(path),
+            )
+            print(f"{result['registered_model']} v{result['version']}: {result['decision']}")
+            print("\n".join(f"  - {r}" for r in result["reasons"]))
+        else:
+            uri = load_config(str(path), overrides).tracking.uri
+            result = rollback(model=args.model, tracking_uri=uri)
+            print(
+                f"{result['registered_model']}: v{result['champion']} is @champion again; "
+                f"v{result['previous']} is @previous"
+            )
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
         return 2
-    return _train(path, overrides)
+    except Exception as exc:
+        print(f"glassbox: {args.command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _retrain_summary(result: dict[str, Any]) -> str:
+    name = result["registered_model"]
+    if "challenger_version" not in result:
+        return f"\n{name}: {result['decision']}: {result['drift']}"
+    champ = result["champion_version"]
+    lines = [
+        "",
+        f"{name} v{result['challenger_version']} vs champion "
+        f"{'v' + champ if champ else '(none)'}: {result['decision']}",
+        *[f"  - {r}" for r in result["reasons"]],
+        f"  - drift: {result['drift']}",
+        f"Report: comparison/ in MLflow run {result['run_id']}"
+        + (f" ({result['url']})" if result["url"] else ""),
+        f"Versions and decisions: glassbox models {name}",
+    ]
+    return "\n".join(lines)
+
+
+def _models(cfg: Any, name: str | None) -> int:
+    """`glassbox models [NAME]`: read-only, straight from the registry (no Prefect)."""
+    from tasks import tracking
+
+    tracking.configure(cfg)
+    if name is None:
+        names = tracking.registered_models()
+        if not names:
+            print(f"no registered models in {cfg.uri}")
+        for model in names:
+            champ = tracking.alias_version(model, "champion")
+            count = len(tracking.model_versions(model))
+            print(f"{model}: {count} version(s), @champion {'v' + champ if champ else 'none'}")
+        return 0
+    if not tracking.model_exists(name):
+        print(f"glassbox: no registered model '{name}' in {cfg.uri}", file=sys.stderr)
+        return 2
+    print(_versions_text(name, tracking.model_versions(name), tracking.history(name)))
+    return 0
+
+
+def _versions_text(name: str, versions: list[Any], events: list[dict[str, Any]]) -> str:
+    lines = [
+        f"{name}",
+        "",
+        f"{'version':>7}  {'aliases':<28} {'test metrics (own test split)':<58} decision",
+    ]
+    for v in versions:
+        shown = [
+            f"{k.removeprefix('test_')} {v.metrics[k]:.4g}"
+            for k in _HEADLINE_KEYS
+            if k in v.metrics
+        ][:3]
+        aliases = ", ".join(f"@{a}" for a in sorted(v.aliases)) or "-"
+        decision = v.tags.get("glassbox.decision", "-")
+        lines.append(f"{v.version:>7}  {aliases:<28} {', '.join(shown):<58} {decision}")
+    if events:
+        lines += ["", "history (oldest first):"]
+        for e in events:
+            against = f" vs v{e['against']}" if e.get("against") else ""
+            lines.append(f"  {e['at']}  v{e['version']}{against}: {e['decision']}")
+            lines += [f"      {r}" for r in e.get("reasons", [])]
+    return "\n".join(lines)
+
+
+_HEADLINE_KEYS = (
+    "test_average_precision",
+    "test_roc_auc",
+    "test_log_loss",
+    "test_f1_macro",
+    "test_accuracy_score",
+    "test_root_mean_squared_error",
+    "test_r2_score",
+)
 
 
 def _train(path: Path, overrides: dict[str, Any]) -> int:
@@ -51,13 +236,8 @@ def _train(path: Path, overrides: dict[str, Any]) -> int:
     from flows.train import train  # Prefect and MLflow load only for a valid config
 
     _hide_tracebacks_of_user_errors()
-    preset = path.stem if path.resolve().parent == CONF_DIR else None
     try:
-        result = train(
-            preset=Preset(preset) if preset else Preset["default"],
-            config_file=None if preset else str(path.resolve()),
-            overrides=overrides,
-        )
+        result = train(**_preset_args(path), overrides=overrides)
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ from flows.config import Preset, load_config
 from tasks import tracking
 from tasks.cluster import background_cluster
 from tasks.config import PipelineConfig
-from tasks.data import EXAMPLE_FILE, load_data, record_data
+from tasks.data import EXAMPLE_FILE, Loaded, load_data, record_data
 from tasks.datasets import check_source, dataset_name
 from tasks.evaluate import evaluate_model
 from tasks.explain import explain_model
@@ -103,20 +103,37 @@ def train(
 
 def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
     """The DAG for one validated configuration."""
+    return train_loaded(cfg, check_and_load(cfg))
+
+
+def check_and_load(cfg: PipelineConfig) -> Loaded:
+    """Everything checked that can be without training; the data read, validated and split
+    before a cluster starts or an MLflow run exists: a bad input leaves the store as it was."""
     check_params(cfg.train.params)
     check_objective(cfg.data.task, cfg.train.params)
     check_source(cfg.data)
-    # The data is read, validated and split before a cluster starts or an MLflow run exists:
-    # a bad input leaves the store as it was.
     loaded = load_data(cfg.data, cfg.split, cfg.explain.row_ids if cfg.explain.enabled else ())
+    check_objective(loaded.info.task, cfg.train.params)
+    return loaded
+
+
+def model_name(cfg: PipelineConfig) -> str:
+    """The registered model's name: `tracking.model_name`, or glassbox-<data set name>."""
+    return cfg.tracking.model_name or f"glassbox-{dataset_name(cfg.data.source)}"
+
+
+def train_loaded(
+    cfg: PipelineConfig, loaded: Loaded, extra_tags: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Train, evaluate, explain, log and register a model on data already loaded."""
     info = loaded.info
-    check_objective(info.task, cfg.train.params)
     name = dataset_name(cfg.data.source)
     tags = {
         tracking.PREFECT_RUN_TAG: str(runtime.flow_run.id),
         "prefect.flow_run_name": str(runtime.flow_run.name),
         "prefect.deployment": str(runtime.deployment.name or ""),
         "glassbox.data": name,
+        **(extra_tags or {}),
     }
     # The cluster's processes start while MLflow's store opens, the run is set up and the data
     # is written and logged.
@@ -142,7 +159,12 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         trained = train_model(cluster, info, splits, cfg.train, workspace, run.run_id)
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         logging = log_model.submit(
-            trained, info, str(Path(workspace) / EXAMPLE_FILE), cfg.evaluate.threshold, run.run_id
+            trained,
+            info,
+            str(Path(workspace) / EXAMPLE_FILE),
+            cfg.evaluate.threshold,
+            run.run_id,
+            splits["train"],
         )
         explaining = (
             explain_model.submit(
@@ -162,14 +184,14 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
         scores = evaluated["metrics"]
         logged = logging.result()
         explained = explaining.result() if explaining else {"figures": []}
-        model_name = cfg.tracking.model_name or f"glassbox-{name}"
-        version = register_model(logged, model_name)
+        registered = model_name(cfg)
+        version = register_model(logged, registered)
         result = {
             "run_id": run.run_id,
             "experiment_id": run.experiment_id,
             "url": run.url,
             "model_uri": logged.uri,
-            "registered_model": model_name,
+            "registered_model": registered,
             "model_version": version,
             "metrics": scores,
             "headline": {k: scores[k] for k in HEADLINE[info.task] if k in scores},

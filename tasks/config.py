@@ -49,6 +49,29 @@ class _Stage(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class InjectConfig(_Stage):
+    """Drift injected on purpose after reading, to see the drift check and the gate react."""
+
+    shift: dict[str, float] = Field(
+        default_factory=dict,
+        description="numeric column -> shift in units of its standard deviation, e.g. {V14: 1.5}",
+    )
+    scale: dict[str, float] = Field(
+        default_factory=dict, description="numeric column -> factor its spread is multiplied by"
+    )
+    positive_rate: float | None = Field(
+        None, gt=0, lt=0.5, description="builtin:fraud: the share of fraud rows to generate"
+    )
+
+    @field_validator("scale")
+    @classmethod
+    def _positive_factors(cls, value: dict[str, float]) -> dict[str, float]:
+        bad = [k for k, v in value.items() if not v > 0]
+        if bad:
+            raise ValueError(f"factors must be > 0 (column {bad[0]})")
+        return value
+
+
 class DataConfig(_Stage):
     """Where the data comes from and what to predict."""
 
@@ -85,6 +108,14 @@ class DataConfig(_Stage):
         None, ge=100, description="generated data sets (builtin:fraud): how many rows to make"
     )
     seed: int = Field(0, description="seed of generated data sets")
+    batch: int | Literal["date"] = Field(
+        0,
+        description="generated data sets: which batch to draw (a fresh sample of the same "
+        "process per number); `date`: one batch per UTC day, for scheduled retraining",
+    )
+    inject: InjectConfig = Field(
+        InjectConfig(), description="drift injected into the data as read (drills, demos, tests)"
+    )
     workspace: str = Field(
         "mlruns/workspace",
         description="folder for the per-run Parquet splits; Dask workers must be able to read it",
@@ -273,8 +304,94 @@ class TrackingConfig(_Stage):
     )
 
 
+Metric = Literal[
+    "auto",
+    "average_precision",
+    "roc_auc",
+    "log_loss",
+    "brier_score",
+    "f1_score",
+    "accuracy_score",
+    "balanced_accuracy_score",
+    "matthews_corrcoef",
+    "f1_macro",
+    "roc_auc_macro",
+    "root_mean_squared_error",
+    "mean_absolute_error",
+    "r2_score",
+]
+
+
+class DriftConfig(_Stage):
+    """Drift of fresh data against the champion's training data, feature by feature."""
+
+    psi: float = Field(
+        0.2, gt=0, description="a feature drifted when its PSI reaches this (0.1-0.2: moderate)"
+    )
+    ks_pvalue: float = Field(
+        0.01, gt=0, lt=1, description="numbers: or when the KS test's p-value is under this ..."
+    )
+    ks_statistic: float = Field(
+        0.1, gt=0, le=1, description="... and the KS statistic (largest CDF gap) reaches this"
+    )
+    share: float = Field(
+        0.1, gt=0, le=1, description="the data drifted when this share of the features drifted"
+    )
+    bins: int = Field(10, ge=2, le=100, description="quantile bins of the reference for PSI")
+    action: Literal["warn", "block"] = Field(
+        "warn", description="on drifted data: warn, or block the promotion (a person decides)"
+    )
+    skip_if_stable: bool = Field(
+        False, description="skip training when no feature drifted (nothing new to learn)"
+    )
+
+
+class RetrainConfig(_Stage):
+    """Champion/challenger promotion: the gate a retrained model must pass."""
+
+    mode: Literal["enabled", "dry_run", "disabled"] = Field(
+        "enabled",
+        description="enabled: promote when the gate passes; dry_run: decide and report, move "
+        "no alias; disabled: train and register only",
+    )
+    primary_metric: Metric = Field(
+        "auto",
+        description="the metric that must improve; auto: average_precision (binary, under 10% "
+        "positives), roc_auc (binary), log_loss (multiclass), root_mean_squared_error",
+    )
+    min_improvement: float = Field(
+        0.0, ge=0, description="the primary metric must improve by more than this (absolute)"
+    )
+    min_relative_improvement: float = Field(
+        0.0, ge=0, description="... and by more than this share of the champion's value"
+    )
+    guardrails: dict[str, float] | None = Field(
+        None,
+        description="metric -> how much worse it may get, as a share of the champion's value; "
+        "default per task (binary: roc_auc 0.01, log_loss 0.1; multiclass: f1_macro 0.02; "
+        "regression: mean_absolute_error 0.05); {} for none",
+    )
+    floor: float | None = Field(
+        None, description="a first champion must reach this on the primary metric"
+    )
+    drift: DriftConfig = DriftConfig()
+
+    @field_validator("guardrails")
+    @classmethod
+    def _known_guardrails(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        names = [m for m in Metric.__args__ if m != "auto"]  # type: ignore[attr-defined]
+        for name, tolerance in (value or {}).items():
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1)
+                hint = f"did you mean '{close[0]}'? " if close else ""
+                raise ValueError(f"unknown metric '{name}' ({hint}metrics: {', '.join(names)})")
+            if tolerance < 0:
+                raise ValueError(f"tolerance of {name} must be >= 0")
+        return value
+
+
 class PipelineConfig(_Stage):
-    """Everything one `train` flow run needs."""
+    """Everything one `train` (or `retrain`) flow run needs."""
 
     data: DataConfig
     split: SplitConfig = SplitConfig()
@@ -283,6 +400,7 @@ class PipelineConfig(_Stage):
     explain: ExplainConfig = ExplainConfig()
     cluster: ClusterConfig = ClusterConfig()
     tracking: TrackingConfig = TrackingConfig()
+    retrain: RetrainConfig = RetrainConfig()
 
 
 def validate_config(raw: dict[str, Any]) -> PipelineConfig:

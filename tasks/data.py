@@ -20,7 +20,7 @@ from sklearn.model_selection import train_test_split
 
 from tasks import tracking
 from tasks.config import ConfigError, DataConfig, SplitConfig, TaskType
-from tasks.datasets import load_source, not_a_column
+from tasks.datasets import batch_seed, inject_drift, load_source, not_a_column
 from tasks.preprocess import ColumnProfile, Spec, clean_target, profile_columns, transform
 from tasks.row_picking import check_requested
 
@@ -269,6 +269,9 @@ class Loaded:
     info: DatasetInfo
     parts: dict[str, pd.DataFrame]
     example: pd.DataFrame  # a few raw rows as the user has them (the served model's example)
+    # The test split's rows as read (by row id, target left out): what a served model is fed
+    # when champion and challenger are scored on the same rows.
+    test_rows: pd.DataFrame | None = None
 
 
 @task(name="load-data", cache_policy=NO_CACHE)
@@ -276,13 +279,20 @@ def load_data(cfg: DataConfig, split: SplitConfig, row_ids: tuple[Any, ...] = ()
     """Read, validate, encode and split the data; check the rows asked for by id are in the
     test split. Nothing is written or logged: a bad input stops here and leaves no trace."""
     frame, default_target, name = load_source(
-        cfg.source, rows=cfg.rows, seed=cfg.seed, encoding=cfg.encoding
+        cfg.source,
+        rows=cfg.rows,
+        seed=batch_seed(cfg.seed, cfg.batch),
+        encoding=cfg.encoding,
+        positive_rate=cfg.inject.positive_rate,
     )
+    frame = inject_drift(frame, cfg.inject)
     data, info = prepare(frame, cfg, default_target=default_target, name=name)
     parts = split_frame(data, info, split)
     if row_ids:
         check_requested(row_ids, parts["test"].index)
     example = frame.loc[:, [c.name for c in info.spec.columns]].head(5)
+    by_id = frame.set_index(cfg.id_column) if cfg.id_column else frame.reset_index(drop=True)
+    test_rows = by_id.drop(columns=[info.target]).loc[parts["test"].index]
     logger = get_run_logger()
     logger.info(
         "Loaded %s: %d rows, %d columns -> %d features, task %s%s",
@@ -295,7 +305,7 @@ def load_data(cfg: DataConfig, split: SplitConfig, row_ids: tuple[Any, ...] = ()
     )
     for line in profile_warnings(info.profile):
         logger.warning(line)
-    return Loaded(data, info, parts, example)
+    return Loaded(data, info, parts, example, test_rows)
 
 
 @task(name="record-data", cache_policy=NO_CACHE)

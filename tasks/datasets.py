@@ -9,12 +9,13 @@ from __future__ import annotations
 import csv
 import difflib
 from collections import Counter
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from tasks.config import ConfigError, DataConfig
+from tasks.config import ConfigError, DataConfig, InjectConfig
 
 FRAUD_ROWS = 284_807
 FRAUD_POSITIVE_RATE = 492 / 284_807
@@ -29,7 +30,10 @@ BUILTINS = (*_SKLEARN_BUILTINS, "fraud")
 
 
 def make_fraud(
-    n_rows: int = FRAUD_ROWS, *, positive_rate: float = FRAUD_POSITIVE_RATE, seed: int = 0
+    n_rows: int = FRAUD_ROWS,
+    *,
+    positive_rate: float = FRAUD_POSITIVE_RATE,
+    seed: int | list[int] = 0,
 ) -> pd.DataFrame:
     """A synthetic data set shaped like the public credit-card-fraud data.
 
@@ -69,6 +73,37 @@ def make_fraud(
     return frame
 
 
+def batch_seed(seed: int, batch: int | str) -> int | list[int]:
+    """The generator's seed of batch `batch` (0: the data set itself; `date`: today's, UTC)."""
+    if batch == "date":
+        batch = datetime.now(UTC).date().toordinal()
+    return seed if batch == 0 else [seed, int(batch)]
+
+
+def inject_drift(frame: pd.DataFrame, cfg: InjectConfig) -> pd.DataFrame:
+    """The frame with `cfg.shift` (in standard deviations) and `cfg.scale` (of the spread,
+    around the mean) applied to numeric columns.
+
+    Raises:
+        ConfigError: a column that is missing or not numeric.
+    """
+    if not cfg.shift and not cfg.scale:
+        return frame
+    out = frame.copy()
+    for key, changes in (("shift", cfg.shift), ("scale", cfg.scale)):
+        for column, amount in changes.items():
+            if column not in out.columns:
+                raise ConfigError(f"data.inject.{key}: {not_a_column(column, list(out.columns))}")
+            if not pd.api.types.is_numeric_dtype(out[column]):
+                raise ConfigError(f"data.inject.{key}: column '{column}' is not numeric")
+            values = out[column].astype("float64")
+            if key == "shift":
+                out[column] = values + amount * float(values.std())
+            else:
+                out[column] = values.mean() + (values - values.mean()) * amount
+    return out
+
+
 def check_source(cfg: DataConfig) -> None:
     """What can be checked without reading the data, in milliseconds: the source exists, is
     readable and has the format its name says, and its header holds the target, the id column
@@ -78,8 +113,17 @@ def check_source(cfg: DataConfig) -> None:
         ConfigError: one line naming the problem.
     """
     if cfg.source.startswith("builtin:"):
-        _builtin_name(cfg.source, cfg.rows)
+        name = _builtin_name(cfg.source, cfg.rows)
+        if name != "fraud" and (cfg.batch != 0 or cfg.inject.positive_rate is not None):
+            raise ConfigError(
+                "data.batch and data.inject.positive_rate apply to generated data (builtin:fraud)"
+            )
         return
+    if cfg.batch != 0 or cfg.inject.positive_rate is not None:
+        raise ConfigError(
+            "data.batch and data.inject.positive_rate apply to generated data (builtin:fraud); "
+            f"{cfg.source} is read as it is now"
+        )
     if cfg.rows is not None:
         raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")
     path = Path(cfg.source).expanduser()
@@ -106,6 +150,8 @@ def check_source(cfg: DataConfig) -> None:
         )
     named = [("data.target", cfg.target), ("data.id_column", cfg.id_column)]
     named += [("data.drop", c) for c in cfg.drop] + [("data.columns", c) for c in cfg.columns]
+    named += [("data.inject.shift", c) for c in cfg.inject.shift]
+    named += [("data.inject.scale", c) for c in cfg.inject.scale]
     for key, column in named:
         if column is not None and column not in header:
             raise ConfigError(f"{key}: {not_a_column(column, header)}")
@@ -136,9 +182,15 @@ def dataset_name(source: str) -> str:
 
 
 def load_source(
-    source: str, *, rows: int | None = None, seed: int = 0, encoding: str = "utf-8"
+    source: str,
+    *,
+    rows: int | None = None,
+    seed: int | list[int] = 0,
+    encoding: str = "utf-8",
+    positive_rate: float | None = None,
 ) -> tuple[pd.DataFrame, str | None, str]:
-    """Load `builtin:<name>`, a .csv or a .parquet file.
+    """Load `builtin:<name>`, a .csv or a .parquet file (generated data: `seed` and
+    `positive_rate` draw the batch).
 
     Returns:
         The frame, the data set's own target column (built-ins) or None, and the data set name.
@@ -146,7 +198,8 @@ def load_source(
     if source.startswith("builtin:"):
         name = _builtin_name(source, rows)
         if name == "fraud":
-            return make_fraud(rows or FRAUD_ROWS, seed=seed), "Class", name
+            rate = positive_rate or FRAUD_POSITIVE_RATE
+            return make_fraud(rows or FRAUD_ROWS, positive_rate=rate, seed=seed), "Class", name
         return (*_load_sklearn(name), name)
     if rows is not None:
         raise ConfigError("data.rows only applies to generated data sets (builtin:fraud)")

@@ -11,7 +11,7 @@ import re
 import time
 import warnings
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -312,12 +312,17 @@ class GlassboxModel(PythonModel):  # type: ignore[misc]
     a probability column per class."""
 
     def load_context(self, context: Any) -> None:
+        import json
+
         import xgboost as xgb
 
         from tasks.serving import ModelCard
 
         self.card = ModelCard.from_json(Path(context.artifacts["card"]).read_text())
         self.booster = xgb.Booster(model_file=context.artifacts["booster"])
+        # The drift check's summary of the training data (models logged before it have none).
+        ref = context.artifacts.get("reference")
+        self.reference = json.loads(Path(ref).read_text()) if ref else None
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -369,6 +374,7 @@ def log_glassbox_model(
     input_example: pd.DataFrame,
     *,
     metadata: dict[str, Any] | None = None,
+    reference: dict[str, Any] | None = None,
 ) -> LoggedModel:
     """Log the pyfunc model (booster in XGBoost's UBJSON format + the model card) into the
     run's own experiment and artifact location, linked to the run (registered separately, once
@@ -398,11 +404,18 @@ def log_glassbox_model(
         warnings.filterwarnings("ignore", message=".*[Tt]ype hint")
         card_path = Path(tmp) / "card.json"
         card_path.write_text(card.to_json())
+        artifacts = {"booster": booster_path, "card": str(card_path)}
+        if reference is not None:
+            import json
+
+            ref_path = Path(tmp) / "reference.json"
+            ref_path.write_text(json.dumps(reference))
+            artifacts["reference"] = str(ref_path)
         info = mlflow.pyfunc.log_model(
             name="model",
             # Models from code: MLflow runs this file at load time instead of unpickling.
             python_model=str(Path(tasks.__file__).parent / "mlflow_model.py"),
-            artifacts={"booster": booster_path, "card": str(card_path)},
+            artifacts=artifacts,
             code_paths=[str(Path(tasks.__file__).parent)],
             signature=model_signature(card),
             input_example=input_example,
@@ -427,3 +440,152 @@ def register_model(model_uri: str, name: str) -> str:
         warnings.simplefilter("ignore", UserWarning)
         version = mlflow.register_model(model_uri, name)
     return str(version.version)
+
+
+# --------------------------------------------------------------------------------------------
+# The registry: aliases, version tags and a promotion history per registered model
+
+HISTORY_TAG = "glassbox.history."
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    """The version `models:/<name>@<alias>` points at, or None (no such alias or model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(MlflowClient().get_model_version_by_alias(name, alias).version)
+    except MlflowException:
+        return None
+
+
+def set_alias(name: str, alias: str, version: str) -> None:
+    MlflowClient().set_registered_model_alias(name, alias, version)
+
+
+def set_version_tags(name: str, version: str, tags: Mapping[str, str]) -> None:
+    client = MlflowClient()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, str(value))
+
+
+def append_history(name: str, event: Mapping[str, Any]) -> None:
+    """One more entry in the model's promotion history: a registered-model tag per event
+    (`glassbox.history.00007`), so the history outlives versions and aliases (MLflow keeps no
+    alias history by itself). Callers hold the promotion lock, so numbering is race-free."""
+    import json
+    from datetime import UTC, datetime
+
+    client = MlflowClient()
+    tags = client.get_registered_model(name).tags
+    number = 1 + max(
+        (int(k.removeprefix(HISTORY_TAG)) for k in tags if k.startswith(HISTORY_TAG)), default=0
+    )
+    entry = {"at": datetime.now(UTC).isoformat(timespec="seconds"), **event}
+    text = json.dumps(entry, default=str)
+    if len(text) > 4900:  # a tag's value holds 5,000 characters
+        entry["reasons"] = [r[:200] for r in entry.get("reasons", [])][:10]
+        text = json.dumps(entry, default=str)[:4900]
+    client.set_registered_model_tag(name, f"{HISTORY_TAG}{number:05d}", text)
+
+
+def history(name: str) -> list[dict[str, Any]]:
+    """The model's promotion history, oldest first."""
+    import json
+
+    tags = MlflowClient().get_registered_model(name).tags
+    return [json.loads(tags[k]) for k in sorted(k for k in tags if k.startswith(HISTORY_TAG))]
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    run_id: str | None
+    aliases: tuple[str, ...]
+    tags: dict[str, str]
+    created: int
+    metrics: dict[str, float]
+
+
+def model_versions(name: str) -> list[VersionInfo]:
+    """Every version of a registered model, newest first, with its aliases, tags and its
+    training run's test metrics."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException:
+        return []
+    # Version search results carry no aliases on every store; the model holds them all.
+    by_version: dict[str, list[str]] = {}
+    for alias, number in client.get_registered_model(name).aliases.items():
+        by_version.setdefault(str(number), []).append(alias)
+    out = []
+    for v in sorted(versions, key=lambda v: -int(v.version)):
+        metrics: dict[str, float] = {}
+        if v.run_id:
+            with suppress(MlflowException):
+                metrics = dict(client.get_run(v.run_id).data.metrics)
+        out.append(
+            VersionInfo(
+                str(v.version),
+                v.run_id,
+                tuple(sorted(by_version.get(str(v.version), []))),
+                dict(v.tags),
+                v.creation_timestamp,
+                metrics,
+            )
+        )
+    return out
+
+
+def registered_models() -> list[str]:
+    return sorted(m.name for m in MlflowClient().search_registered_models())
+
+
+def model_exists(name: str, version: str | None = None) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        if version is None:
+            client.get_registered_model(name)
+        else:
+            client.get_model_version(name, version)
+    except MlflowException:
+        return False
+    return True
+
+
+@dataclass
+class LoadedModel:
+    """A registered model as MLflow loads it (`pyfunc`), with what Glassbox keeps inside it."""
+
+    uri: str
+    version: str
+    run_id: str | None
+    pyfunc: Any
+    card: Any  # tasks.serving.ModelCard
+    booster: Any
+    reference: dict[str, Any] | None  # the drift check's summary of its training data
+
+
+def load_registered(name: str, version: str) -> LoadedModel:
+    """`models:/<name>/<version>` through the registry, as a server would load it."""
+    uri = f"models:/{name}/{version}"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        model = mlflow.pyfunc.load_model(uri)
+    inner = model.unwrap_python_model()
+    run_id = MlflowClient().get_model_version(name, version).run_id
+    return LoadedModel(
+        uri, version, run_id, model, inner.card, inner.booster, getattr(inner, "reference", None)
+    )
+
+
+def run_link(run_id: str, ui_url: str | None) -> str | None:
+    """The MLflow UI page of a run, when a UI address is known."""
+    if not ui_url:
+        return None
+    exp = MlflowClient().get_run(run_id).info.experiment_id
+    return f"{ui_url.rstrip('/')}/#/experiments/{exp}/runs/{run_id}"

@@ -25,6 +25,7 @@ from tasks.calibration import Platt, fit_platt
 from tasks.cluster import ClusterHandle, WorkerProgress
 from tasks.config import ConfigError, TaskType, TrainConfig
 from tasks.data import DatasetInfo, dask_split
+from tasks.drift import reference_summary
 from tasks.serving import ModelCard
 
 # Per task: objective and per-round metrics. The last metric drives early stopping.
@@ -318,8 +319,10 @@ def log_model(
     example_path: str,
     threshold: float,
     run_id: str,
+    train_path: str | None = None,
 ) -> tracking.LoggedModel:
-    """Log the model MLflow serves (booster + preprocessing + calibration + label names)."""
+    """Log the model MLflow serves (booster + preprocessing + calibration + label names), with
+    the drift check's summary of its training split (`train_path`) inside."""
     card = ModelCard(
         task=info.task,
         spec=info.spec,
@@ -336,8 +339,19 @@ def log_model(
         "features": info.features,
         "threshold": threshold if info.task == "binary" else None,
     }
+    reference = None
+    if train_path is not None:
+        train = pd.read_parquet(train_path)
+        reference = reference_summary(
+            train[info.features], train[info.target], classes=info.classes or None
+        )
     logged = tracking.log_glassbox_model(
-        run_id, model_path, card, pd.read_parquet(example_path), metadata=metadata
+        run_id,
+        model_path,
+        card,
+        pd.read_parquet(example_path),
+        metadata=metadata,
+        reference=reference,
     )
     get_run_logger().info("Logged model %s", logged.uri)
     return logged
