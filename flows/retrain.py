@@ -13,6 +13,7 @@ manual counterparts, through the same gate and records.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any
 
 from prefect import flow, get_run_logger, runtime
@@ -33,6 +34,7 @@ from tasks.comparison import (
     Scored,
     compared_metrics,
     log_comparison,
+    paired_bootstrap,
     score_model,
     score_versions,
 )
@@ -127,20 +129,17 @@ def run_retrain(cfg: PipelineConfig) -> dict[str, Any]:
     elif drift and drift["summary"].drifted_data and cfg.retrain.drift.action == "block":
         blocked = drift["summary"].describe() + " (retrain.drift.action: block)"
 
-    def score_other(v: str) -> dict[str, float]:  # another run moved @champion meanwhile
-        scored[v] = score_model(tracking.load_registered(name, v), holdout)
-        return scored[v].scores
-
+    evidence = _evidence(name, version, holdout, scored, rule, cfg.retrain.bootstrap)
     outcome = record(
         name,
         version,
         scored[version].scores,
-        (champion_version, champion_scored.scores)
+        (champion_version, *evidence(champion_version))
         if champion_scored and champion_version
         else None,
         rule,
         mode=cfg.retrain.mode,
-        score_version=score_other,
+        score_version=evidence,
         blocked=blocked,
         context={"prefect.flow_run_id": flow_run, "glassbox.run_id": trained["run_id"]},
     )
@@ -180,6 +179,33 @@ def run_retrain(cfg: PipelineConfig) -> dict[str, Any]:
     }
     _report(result, cfg)
     return result
+
+
+def _evidence(
+    name: str, challenger: str, holdout: Holdout, scored: dict[str, Scored], rule: Any, n: int
+) -> Callable[[str], tuple[dict[str, float], float | None]]:
+    """A champion version's scores on the holdout and the challenger's paired-bootstrap win
+    rate against it (loading and scoring a version not scored yet: another run may have
+    moved `@champion` meanwhile)."""
+
+    def judge(version: str) -> tuple[dict[str, float], float | None]:
+        if version not in scored:
+            scored[version] = score_model(tracking.load_registered(name, version), holdout)
+        old, new = scored[version], scored[challenger]
+        if rule.confidence <= 0:
+            return old.scores, None
+        rate = paired_bootstrap(
+            holdout.task,
+            rule.primary,
+            holdout.y,
+            old.output,
+            new.output,
+            thresholds=(old.threshold, new.threshold),
+            n=n,
+        )
+        return old.scores, rate
+
+    return judge
 
 
 def _score_champion(
@@ -288,11 +314,8 @@ def promote(
     holdout = Holdout.from_loaded(loaded)
     scored = score_versions(model, [version], holdout)
 
-    def score_other(v: str) -> dict[str, float]:
-        scored[v] = score_model(tracking.load_registered(model, v), holdout)
-        return scored[v].scores
-
     rule = resolve_rule(cfg.retrain, loaded.info.task, _positive_share(loaded))
+    evidence = _evidence(model, version, holdout, scored, rule, cfg.retrain.bootstrap)
     outcome: Outcome = record(
         model,
         version,
@@ -300,7 +323,7 @@ def promote(
         None,
         rule,
         mode="enabled",
-        score_version=score_other,
+        score_version=evidence,
         force=force,
         context={"prefect.flow_run_id": str(runtime.flow_run.id), "glassbox.action": "promote"},
     )

@@ -374,6 +374,14 @@ class RetrainConfig(_Stage):
     floor: float | None = Field(
         None, description="a first champion must reach this on the primary metric"
     )
+    confidence: float = Field(
+        0.8,
+        ge=0,
+        lt=1,
+        description="the challenger must win on the primary metric in this share of paired "
+        "bootstrap resamples of the holdout (a gain inside the noise is no gain; 0: off)",
+    )
+    bootstrap: int = Field(200, ge=20, le=10_000, description="paired bootstrap resamples")
     drift: DriftConfig = DriftConfig()
 
     @field_validator("guardrails")

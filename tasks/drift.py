@@ -6,8 +6,8 @@ travels with the logged model. At retraining time `drift_table` compares fresh d
 
 - numbers: PSI over the reference's quantile bins (missing values a bin of their own) and the
   two-sample Kolmogorov-Smirnov test (scipy) against the reference sample;
-- categories: PSI over the category shares and a chi-squared goodness-of-fit test, with
-  Cramér's V as its effect size;
+- categories: PSI over the category shares and a chi-squared test of the two samples' counts,
+  with Cramér's V as its effect size;
 - the target: label shares (chi-squared) or values (KS): a change in the base rate.
 
 A feature drifted when its PSI reaches `psi`, or when its test is significant (`p < ks_pvalue`)
@@ -77,6 +77,7 @@ def _summary(column: pd.Series, bins: int, sample: int, rng: np.random.Generator
             "kind": "category",
             "shares": {str(k): float(v) for k, v in shares.items()},
             "missing": missing,
+            "rows": len(column),
         }
     values = present.to_numpy(dtype="float64")
     edges = (
@@ -129,8 +130,9 @@ def _mean(values: np.ndarray) -> float:
 
 
 def category_drift(ref: dict[str, Any], column: pd.Series) -> dict[str, float]:
-    """PSI over category shares (+ missing), chi-squared p-value and Cramér's V of the fresh
-    counts against the reference shares (categories new to the reference get `EPS`)."""
+    """PSI over category shares (+ missing), and the chi-squared test of the two samples'
+    counts (reference vs fresh: the reference is a sample too) with Cramér's V as its effect
+    size; categories new to the reference get `EPS` in the PSI."""
     present = column.dropna().astype(str)
     counts = present.value_counts()
     names = sorted(set(ref["shares"]) | set(counts.index))
@@ -141,15 +143,12 @@ def category_drift(ref: dict[str, Any], column: pd.Series) -> dict[str, float]:
     )
     n = observed.sum()
     out = {"psi": psi(expected_share, observed / max(n, 1))}
-    keep = (expected_share > 0) | (observed > 0)
-    share = np.maximum(expected_share[keep], EPS)
-    share /= share.sum()
-    if n and keep.sum() > 1:
-        chi2, p = stats.chisquare(observed[keep], share * n)
-        out |= {
-            "statistic": float(np.sqrt(chi2 / (n * (keep.sum() - 1)))),  # Cramér's V
-            "p_value": float(p),
-        }
+    reference = np.round(expected_share * ref.get("rows", n))
+    keep = (reference + observed) > 0
+    if n and keep.sum() > 1 and reference.sum():
+        both = np.vstack([reference[keep], observed[keep]])
+        chi2, p, _, _ = stats.chi2_contingency(both, correction=False)
+        out |= {"statistic": float(np.sqrt(chi2 / both.sum())), "p_value": float(p)}
     else:
         out |= {"statistic": np.nan, "p_value": np.nan}
     return out | {"reference_mean": np.nan, "current_mean": np.nan}

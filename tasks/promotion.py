@@ -74,6 +74,7 @@ class Rule:
     min_relative_improvement: float = 0.0  # share of the champion's value
     guardrails: Mapping[str, float] = field(default_factory=dict)  # metric -> tolerated share
     floor: float | None = None  # a first champion's minimum on the primary metric
+    confidence: float = 0.0  # the share of paired bootstrap resamples the challenger must win
 
 
 def better(metric: str, new: float, old: float) -> float:
@@ -104,6 +105,7 @@ def resolve_rule(cfg: RetrainConfig, task: TaskType, positive_share: float | Non
         min_relative_improvement=cfg.min_relative_improvement,
         guardrails={k: v for k, v in guardrails.items() if k != primary},
         floor=cfg.floor,
+        confidence=cfg.confidence,
     )
 
 
@@ -147,12 +149,15 @@ def decide(
     mode: str = "enabled",
     blocked: str | None = None,
     force: bool = False,
+    win_rate: float | None = None,
 ) -> Decision:
     """Compare a challenger with the champion on the same rows.
 
     Args:
         challenger, champion: metric name -> value (the champion None when there is none yet).
         rule: the gate.
+        win_rate: the share of paired bootstrap resamples of the rows in which the challenger
+            beat the champion on the primary metric (checked against `rule.confidence`).
         mode: `enabled`, `dry_run` or `disabled` (the verdict is computed in every mode).
         blocked: a reason that stops the promotion whatever the numbers (drifted data with
             `retrain.drift.action: block`).
@@ -195,6 +200,13 @@ def decide(
                 f"{m} {old:.4g} -> {new:.4g} is not enough ({abs(gain):.4g} {word}; needed "
                 f"> {needed:.4g} better)"
             )
+        if rule.confidence > 0 and win_rate is not None:
+            text = f"better in {win_rate:.0%} of paired bootstrap resamples"
+            if win_rate >= rule.confidence:
+                reasons.append(f"{text} (needed {rule.confidence:.0%})")
+            else:
+                ok = False
+                reasons.append(f"only {text}: within the noise (needed {rule.confidence:.0%})")
         for metric, tolerance in rule.guardrails.items():
             if metric not in challenger or metric not in champion:
                 continue
@@ -267,34 +279,43 @@ def record(
     model_name: str,
     version: str,
     challenger: dict[str, float],
-    champion: tuple[str, dict[str, float]] | None,
+    champion: tuple[str, dict[str, float], float | None] | None,
     rule: Rule,
     *,
     mode: str,
-    score_version: Callable[[str], dict[str, float]],
+    score_version: Callable[[str], tuple[dict[str, float], float | None]],
     blocked: str | None = None,
     force: bool = False,
     context: Mapping[str, str] | None = None,
 ) -> Outcome:
-    """Read-compare-set under the model's lock: re-read `@champion` (re-scoring a champion that
-    changed since `champion` was scored), decide, then set `@challenger`, and on promotion
-    `@previous` <- old champion and `@champion` <- `version`; tag the version with the decision
-    and append it to the model's history.
+    """Read-compare-set under the model's lock: re-read `@champion` (re-scoring, through
+    `score_version`, a champion other than the one in `champion` = (version, scores, bootstrap
+    win rate)), decide, then set `@challenger`, and on promotion `@previous` <- old champion
+    and `@champion` <- `version`; tag the version with the decision and append it to the
+    model's history.
     """
     from tasks import tracking
 
     with promotion_lock(model_name):
         current = tracking.alias_version(model_name, "champion")
         rescored = False
-        if current is None:
-            champ_scores = None
+        champ_scores: dict[str, float] | None = None
+        win_rate = None
+        if current is None or current == version:  # none yet, or the champion itself
+            pass
         elif champion is not None and champion[0] == current:
-            champ_scores = champion[1]
+            champ_scores, win_rate = champion[1], champion[2]
         else:
-            champ_scores, rescored = score_version(current), True
-        if current == version:  # promoting the champion itself: nothing to compare
-            champ_scores = None
-        decision = decide(challenger, champ_scores, rule, mode=mode, blocked=blocked, force=force)
+            (champ_scores, win_rate), rescored = score_version(current), True
+        decision = decide(
+            challenger,
+            champ_scores,
+            rule,
+            mode=mode,
+            blocked=blocked,
+            force=force,
+            win_rate=win_rate,
+        )
         if decision.mode != "dry_run" or force:
             tracking.set_alias(model_name, "challenger", version)
         if decision.applied and current != version:
