@@ -145,3 +145,28 @@ def test_the_summary_names_the_registered_model_uri_to_load():
         "sqlite:///mlruns/mlflow.db",
     )
     assert "Model: models:/glassbox-cars/3 " in text
+
+
+def test_lifecycle_commands_fail_in_one_line_before_prefect_starts(tmp_path):
+    out = _glassbox("retrain", "--set", "retrain.guardrails={roc_acu: 0.01}")
+    assert out.returncode == 2 and out.stderr.count("\n") == 1
+    assert "unknown metric 'roc_acu' (did you mean 'roc_auc'?" in out.stderr
+    out = _glassbox("retrain", "--set", "data.inject.shift={nope: 1.0}")
+    assert out.returncode == 2 and "data.inject.shift: 'nope' is not a column" in out.stderr
+    out = _glassbox("promote", "someone-elses-model", "3")
+    assert out.returncode == 2 and "no preset registers 'someone-elses-model'" in out.stderr
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = _glassbox("models", "nope", "--set", f"tracking.uri={uri}")
+    assert out.returncode == 2 and "no registered model 'nope'" in out.stderr
+    assert "Prefect" not in out.stdout + out.stderr
+
+
+def test_retrain_dry_run_from_the_terminal_moves_no_alias(api_env, store, client):
+    args = [*_tracking_args(store), "--set", "explain.enabled=false"]
+    out = _glassbox("retrain", "--dry-run", *args, env=api_env)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "would promote (dry run)" in out.stdout  # no champion yet: it would be the first
+    assert "glassbox models glassbox-breast_cancer" in out.stdout
+    assert client.get_registered_model("glassbox-breast_cancer").aliases == {}
+    listing = _glassbox("models", "glassbox-breast_cancer", *args)
+    assert listing.returncode == 0 and "would promote (dry run)" in listing.stdout

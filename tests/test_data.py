@@ -244,3 +244,24 @@ def test_an_encoding_error_far_into_the_file_names_its_line(tmp_path):
     path.write_bytes(b"\n".join(lines) + b"\n")
     with pytest.raises(ConfigError, match="long.csv line 4002 is not utf-8 text .byte 0xe9."):
         load_source(str(path))
+
+
+def test_batches_and_injected_drift():
+    from tasks.config import InjectConfig
+    from tasks.datasets import batch_seed, inject_drift
+
+    assert batch_seed(7, 0) == 7  # batch 0 is the data set itself
+    one, two = (make_fraud(5_000, seed=batch_seed(7, b)) for b in (1, 2))
+    assert not one.equals(two)
+    pd.testing.assert_frame_equal(one, make_fraud(5_000, seed=batch_seed(7, 1)))
+    assert batch_seed(7, "date") == batch_seed(7, batch_seed(0, "date")[1])  # today's ordinal
+    rare = make_fraud(50_000, seed=1)
+    common = make_fraud(50_000, seed=1, positive_rate=0.01)
+    assert rare["Class"].sum() == round(50_000 * 492 / 284_807) and common["Class"].sum() == 500
+    shifted = inject_drift(one, InjectConfig(shift={"V14": 1.5}, scale={"Amount": 2.0}))
+    assert shifted["V14"].mean() - one["V14"].mean() == pytest.approx(1.5 * one["V14"].std())
+    assert shifted["Amount"].std() == pytest.approx(2 * one["Amount"].std())
+    assert shifted["Amount"].mean() == pytest.approx(one["Amount"].mean())
+    pd.testing.assert_series_equal(shifted["V1"], one["V1"])
+    with pytest.raises(ConfigError, match="'V99' is not a column"):
+        inject_drift(one, InjectConfig(shift={"V99": 1.0}))

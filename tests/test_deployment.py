@@ -1,5 +1,7 @@
-"""prefect.yaml for real: a Prefect server on 127.0.0.1, `prefect deploy`, a process worker, and
-a `train` run triggered through the API with a parameter override, found again in MLflow."""
+"""prefect.yaml for real: a Prefect server on 127.0.0.1, `prefect deploy`, a process worker; a
+`train` run triggered through the API with a parameter override, found again in MLflow; the
+`retrain` deployment's schedule firing (a short interval in the test), surviving a redeploy, and
+its run moving the registry's aliases."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ def server(tmp_path_factory):
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+        # schedules turn into runs within seconds, not the default minute
+        "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "2",
     }
     log = (home / "server.log").open("w")
     proc = subprocess.Popen(
@@ -130,3 +134,107 @@ asyncio.run(main())
     assert run.data.params["train.params.max_depth"] == "2"
     assert run.data.tags["prefect.deployment"] == "train"
     assert len(client.get_metric_history(run.info.run_id, "valid-mlogloss")) == 7
+
+
+def _api(env, code: str, timeout: int = 460) -> dict:
+    """Run async client code against the test server in a subprocess; its last line is JSON."""
+    import json
+
+    script = "import asyncio, json\nfrom prefect.client.orchestration import get_client\n" + code
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_retrain_schedule_fires_survives_a_redeploy_and_moves_the_aliases(
+    server, store, tmp_path
+):
+    import yaml
+
+    config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (retrain,) = [d for d in config["deployments"] if d["name"] == "retrain"]
+    assert retrain["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    (schedule,) = retrain["schedules"]
+    assert schedule["slug"] and schedule["timezone"] == "UTC" and schedule["active"] is True
+    # The project's deployment with its schedule made short and its runs pointed at the test
+    # store; everything else as shipped.
+    schedule.pop("cron")
+    schedule["interval"] = 15
+    schedule["parameters"] = {
+        "preset": "default",
+        "overrides": {**store, "explain.enabled": False, "train.num_boost_round": 20},
+    }
+    config["deployments"] = [retrain]
+    test_yaml = tmp_path / "prefect.yaml"
+    test_yaml.write_text(yaml.safe_dump(config))
+    _prefect(server, "work-pool", "create", "glassbox", "--type", "process", "--overwrite")
+    ids = []
+    for _ in range(2):  # deploy, then redeploy: one schedule, the same one
+        _prefect(server, "--no-prompt", "deploy", "--all", "--prefect-file", str(test_yaml))
+        found = _api(
+            server,
+            """
+async def main():
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("retrain/retrain")
+        scheds = await client.read_deployment_schedules(dep.id)
+        print(json.dumps({"ids": [str(s.id) for s in scheds], "slugs": [s.slug for s in scheds],
+                          "active": [s.active for s in scheds],
+                          "limit": dep.global_concurrency_limit.limit,
+                          "strategy": str(dep.concurrency_options.collision_strategy)}))
+asyncio.run(main())
+""",
+        )
+        assert found["slugs"] == [schedule["slug"]] and found["active"] == [True]
+        assert found["limit"] == 1 and "CANCEL_NEW" in found["strategy"]
+        ids.append(found["ids"][0])
+    assert ids[0] == ids[1]
+    worker_log = (tmp_path / "worker.log").open("w")
+    worker = subprocess.Popen(
+        [BIN / "prefect", "worker", "start", "--pool", "glassbox", "--limit", "1"],
+        cwd=tmp_path,
+        env=server,
+        stdout=worker_log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        done = _api(
+            server,
+            """
+from prefect.client.schemas.filters import DeploymentFilter, FlowRunFilter
+async def main():
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("retrain/retrain")
+        for _ in range(200):
+            runs = await client.read_flow_runs(
+                deployment_filter=DeploymentFilter(id={"any_": [dep.id]}))
+            finished = [r for r in runs if r.state and r.state.is_final()]
+            if finished:
+                r = finished[0]
+                print(json.dumps({"state": r.state.type.value, "id": str(r.id),
+                                  "auto": r.auto_scheduled, "message": r.state.message}))
+                return
+            await asyncio.sleep(2)
+        print(json.dumps({"state": "TIMEOUT"}))
+asyncio.run(main())
+""",
+        )
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    assert done["state"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+    assert done["auto"] is True  # made by the schedule, not by hand
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+    from tasks.config import TrackingConfig
+
+    tracking.configure(
+        TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"])
+    )
+    model = MlflowClient().get_registered_model("glassbox-breast_cancer")
+    assert {"champion", "challenger"} <= set(model.aliases)
+    (event, *_) = tracking.history("glassbox-breast_cancer")
+    assert event["prefect.flow_run_id"] == done["id"]

@@ -5,6 +5,7 @@ promotions from interleaving."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import time
@@ -171,7 +172,7 @@ def test_the_promotion_lock_admits_one_holder_at_a_time(prefect_harness):
         t.join(60)
     spans.sort()
     assert len(spans) == 3
-    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:], strict=False))
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(spans))
 
 
 def test_two_promotions_at_once_leave_one_consistent_champion(story, client):
