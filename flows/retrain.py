@@ -150,7 +150,7 @@ def run_retrain(cfg: PipelineConfig) -> dict[str, Any]:
         "champion_version": outcome.champion_version,
         "challenger_version": version,
         "rescored": outcome.rescored,
-        "drift": drift["summary"].describe() if drift else "no champion to compare with",
+        "drift": _drift_text(drift, champion),
     }
     figures = log_comparison(
         trained["run_id"], holdout, scored[version], judged, names, decision, drift
@@ -208,6 +208,14 @@ def _evidence(
     return judge
 
 
+def _drift_text(drift: dict[str, Any] | None, champion: tracking.LoadedModel | None) -> str:
+    if drift is not None:
+        return str(drift["summary"].describe())
+    if champion is None:
+        return "not checked: no champion to compare with"
+    return f"not checked: champion v{champion.version} carries no summary of its training data"
+
+
 def _score_champion(
     champion: tracking.LoadedModel | None, holdout: Holdout, scored: dict[str, Scored]
 ) -> Scored | str | None:
@@ -263,6 +271,9 @@ def _report(result: dict[str, Any], cfg: PipelineConfig) -> None:
         old = (result["champion"] or {}).get(metric)
         delta = f"{new - old:+.4g}" if old is not None else ""
         lines.append(f"| {metric} | {'' if old is None else f'{old:.4g}'} | {new:.4g} | {delta} |")
+    if result["url"]:
+        models = result["url"].split("/#/")[0] + f"/#/models/{name}"
+        lines[2] += f" [Model versions in MLflow]({models})."
     where = (
         f"[the challenger's MLflow run]({result['url']})"
         if result["url"]

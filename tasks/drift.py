@@ -274,7 +274,9 @@ def drift_figure(
     ax_psi, ax_stat = fig.subplots(1, 2, sharey=True)
     colors = ["#c0392b" if d else "#7f8c8d" for d in shown["drifted"]]
     labels = [
-        f"{f} ({'KS' if k == 'number' else 'V'})"
+        "target (base rate: p-value only)"
+        if f == TARGET
+        else f"{f} ({'KS' if k == 'number' else 'V'})"
         for f, k in zip(shown["feature"], shown["kind"], strict=True)
     ]
     ax_psi.barh(labels, shown["psi"], color=colors)

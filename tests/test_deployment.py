@@ -148,9 +148,7 @@ def _api(env, code: str, timeout: int = 460) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_retrain_schedule_fires_survives_a_redeploy_and_moves_the_aliases(
-    server, store, tmp_path
-):
+def test_retrain_schedule_fires_survives_a_redeploy_and_moves_the_aliases(server, store, tmp_path):
     import yaml
 
     config = yaml.safe_load((ROOT / "prefect.yaml").read_text())
