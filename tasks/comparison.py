@@ -283,10 +283,11 @@ def curves_figure(
         fig = Figure(figsize=(11, 5), layout="constrained")
         ax_pv, ax_res = fig.subplots(1, 2)
         lo, hi = float(np.min(y)), float(np.max(y))
+        edges = np.histogram_bin_edges(np.concatenate([p - y for p in outputs.values()]), 40)
         for (label, pred), color in zip(outputs.items(), colors, strict=False):
             rmse = float(np.sqrt(np.mean((pred - y) ** 2)))
             ax_pv.scatter(y, pred, s=8, alpha=0.5, color=color, label=f"{label} (RMSE {rmse:.4g})")
-            ax_res.hist(pred - y, bins=40, alpha=0.5, color=color, label=label)
+            ax_res.hist(pred - y, bins=edges, alpha=0.5, color=color, label=label)
         ax_pv.plot([lo, hi], [lo, hi], color="black", ls=":", lw=1)
         ax_pv.set_xlabel("true value")
         ax_pv.set_ylabel("predicted value")
