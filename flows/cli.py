@@ -12,7 +12,7 @@ from typing import Any
 
 from flows.config import CONF_DIR, Preset, load_config, parse_assignment, preset_path
 from tasks.config import ConfigError
-from tasks.datasets import check_source
+from tasks.datasets import check_source, dataset_name
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,11 +95,7 @@ def _preset_of(model: str) -> Path:
     for name in Preset.__members__:
         path = preset_path(name)
         cfg = load_config(str(path))
-        source = cfg.data.source
-        default = "glassbox-" + (
-            source.removeprefix("builtin:") if source.startswith("builtin:") else Path(source).stem
-        )
-        if (cfg.tracking.model_name or default) == model:
+        if (cfg.tracking.model_name or f"glassbox-{dataset_name(cfg.data.source)}") == model:
             return path
     raise ConfigError(
         f"no preset registers '{model}': pass --config with the data to judge the promotion on"

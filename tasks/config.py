@@ -41,6 +41,14 @@ MISSING_TOKENS = (
 )
 
 
+def _check_known(name: str, known: tuple[str, ...] | list[str], what: str) -> None:
+    """`unknown <what> 'x' (did you mean 'y'? <what>s: ...)` when `name` is not in `known`."""
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ValueError(f"unknown {what} '{name}' ({hint}{what}s: {', '.join(known)})")
+
+
 class ConfigError(ValueError):
     """A configuration or input problem a user can fix; the message says which and how."""
 
@@ -203,12 +211,7 @@ class EvaluateConfig(_Stage):
         if value == "all":
             return value
         for name in names:
-            if name not in FIGURES:
-                close = difflib.get_close_matches(name, FIGURES, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ValueError(
-                    f"unknown figure '{name}' ({hint}figures: all, {', '.join(FIGURES)})"
-                )
+            _check_known(name, ("all", *FIGURES), "figure")
         return tuple(names)
 
 
@@ -389,10 +392,7 @@ class RetrainConfig(_Stage):
     def _known_guardrails(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         names = [m for m in Metric.__args__ if m != "auto"]  # type: ignore[attr-defined]
         for name, tolerance in (value or {}).items():
-            if name not in names:
-                close = difflib.get_close_matches(name, names, n=1)
-                hint = f"did you mean '{close[0]}'? " if close else ""
-                raise ValueError(f"unknown metric '{name}' ({hint}metrics: {', '.join(names)})")
+            _check_known(name, names, "metric")
             if tolerance < 0:
                 raise ValueError(f"tolerance of {name} must be >= 0")
         return value

@@ -63,6 +63,17 @@ def server(tmp_path_factory):
     proc.wait(30)
 
 
+def _worker(env, folder: Path) -> subprocess.Popen:
+    """A process worker on the `glassbox` pool, logging to folder/worker.log."""
+    return subprocess.Popen(
+        [BIN / "prefect", "worker", "start", "--pool", "glassbox", "--limit", "1"],
+        cwd=folder,
+        env=env,
+        stdout=(folder / "worker.log").open("w"),
+        stderr=subprocess.STDOUT,
+    )
+
+
 def _prefect(env, *args):
     out = subprocess.run(
         [BIN / "prefect", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=180
@@ -74,14 +85,7 @@ def _prefect(env, *args):
 def test_train_deployment_runs_from_the_api_and_lands_in_mlflow(server, store, tmp_path):
     _prefect(server, "work-pool", "create", "glassbox", "--type", "process")
     _prefect(server, "--no-prompt", "deploy", "--all")
-    worker_log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [BIN / "prefect", "worker", "start", "--pool", "glassbox", "--limit", "1"],
-        cwd=tmp_path,
-        env=server,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-    )
+    worker = _worker(server, tmp_path)
     try:
         code = f"""
 import asyncio, json
@@ -189,14 +193,7 @@ asyncio.run(main())
         assert found["limit"] == 1 and "CANCEL_NEW" in found["strategy"]
         ids.append(found["ids"][0])
     assert ids[0] == ids[1]
-    worker_log = (tmp_path / "worker.log").open("w")
-    worker = subprocess.Popen(
-        [BIN / "prefect", "worker", "start", "--pool", "glassbox", "--limit", "1"],
-        cwd=tmp_path,
-        env=server,
-        stdout=worker_log,
-        stderr=subprocess.STDOUT,
-    )
+    worker = _worker(server, tmp_path)
     try:
         done = _api(
             server,
