@@ -1,5 +1,6 @@
 """Glassbox from a terminal: `glassbox train|retrain [PRESET_OR_YAML] [--set key=value ...]`,
-`glassbox promote NAME VERSION`, `glassbox rollback NAME`, `glassbox models [NAME]`."""
+`glassbox promote NAME VERSION`, `glassbox rollback NAME`, `glassbox models [NAME]`, and the
+local platform: `glassbox up|down|status`."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from flows.config import CONF_DIR, Preset, load_config, parse_assignment, preset_path
+from tasks import platform
 from tasks.config import ConfigError
 from tasks.datasets import check_source, dataset_name
+from tasks.platform import Ports
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,7 +59,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     models_cmd.add_argument("model", nargs="?", help="registered model name")
     _set_option(models_cmd)
+    up_cmd = commands.add_parser(
+        "up",
+        help="start the local platform: Prefect server and worker, MLflow server, Dask cluster, "
+        "deployments (on 127.0.0.1)",
+    )
+    defaults = Ports()
+    up_cmd.add_argument("--prefect-port", type=int, default=defaults.prefect)
+    up_cmd.add_argument("--mlflow-port", type=int, default=defaults.mlflow)
+    up_cmd.add_argument("--dask-port", type=int, default=defaults.scheduler)
+    up_cmd.add_argument("--dashboard-port", type=int, default=defaults.dashboard)
+    up_cmd.add_argument("--workers", type=int, default=1, help="Dask worker processes (CPU)")
+    up_cmd.add_argument(
+        "--threads", type=int, default=0, help="threads per Dask worker (default: all cores)"
+    )
+    up_cmd.add_argument("--no-deploy", action="store_true", help="do not deploy prefect.yaml")
+    _set_option(up_cmd)
+    commands.add_parser("down", help="stop what `glassbox up` started")
+    commands.add_parser("status", help="the local platform's parts, pids and addresses")
     args = parser.parse_args(argv)
+    if args.command in ("up", "down", "status"):
+        return _platform(args)
+    _use_platform()
     try:
         overrides = dict(parse_assignment(text) for text in args.overrides)
         if args.command in ("train", "retrain"):
@@ -77,6 +101,72 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         return _models(tracking_cfg, args.model)
     return _lifecycle(args, path, overrides)
+
+
+def _use_platform() -> None:
+    """While `glassbox up` runs, talk to its Prefect server (no temporary server per command).
+    Set before Prefect is imported; a user's own PREFECT_API_URL wins."""
+    state = platform.running()
+    if state is not None and "prefect-server" in state.processes:
+        os.environ.setdefault("PREFECT_API_URL", state.prefect_api)
+
+
+def _platform(args: argparse.Namespace) -> int:
+    home = platform.home_dir()
+    if args.command == "down":
+        platform.down(home)
+        return 0
+    if args.command == "status":
+        print("\n".join(platform.status_lines(home)))
+        return 0
+    try:
+        overrides = dict(parse_assignment(text) for text in args.overrides)
+        tracking_cfg = load_config("default", overrides).tracking
+        store = platform.sqlite_path(tracking_cfg.uri)
+        if store is None:
+            raise ConfigError(
+                f"tracking.uri: `glassbox up` serves a local sqlite store, not {tracking_cfg.uri}"
+            )
+        for flag in ("prefect_port", "mlflow_port", "dask_port", "dashboard_port"):
+            if not 0 < getattr(args, flag) < 65536:
+                raise ConfigError(f"--{flag.replace('_', '-')}: not a port number")
+        if args.workers < 1 or args.threads < 0:
+            raise ConfigError("--workers must be >= 1 and --threads >= 0")
+    except ConfigError as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return 2
+    from tasks.cluster import gpu_count
+
+    settings = platform.Settings(
+        root=Path.cwd().resolve(),
+        home=home,
+        store=f"sqlite:///{store}",
+        artifact_root=Path(tracking_cfg.artifact_folder).expanduser().resolve(),
+        ports=Ports(args.prefect_port, args.mlflow_port, args.dask_port, args.dashboard_port),
+        workers=args.workers,
+        threads=args.threads,
+        gpus=gpu_count(),
+    )
+    print(f"glassbox platform in {home} (logs: {home / 'logs'})")
+    try:
+        state = platform.up(settings, deploy=not args.no_deploy)
+    except platform.PlatformError as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        print("glassbox: the parts that started are still up; `glassbox down` stops them")
+        return 1
+    print(
+        "\n".join(
+            [
+                "",
+                f"Prefect UI:  {state.prefect_ui}   (deployments: train, retrain)",
+                f"MLflow UI:   {state.mlflow_url}",
+                f"Dask:        {state.scheduler}   dashboard {state.dashboard}",
+                "Runs from this folder (`glassbox train`, the Prefect UI) now use them.",
+                "Stop: glassbox down",
+            ]
+        )
+    )
+    return 0
 
 
 def _set_option(cmd: argparse.ArgumentParser) -> None:

@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 
 from flows.config import Preset, load_config
-from tasks import tracking
+from tasks import platform, tracking
 from tasks.cluster import background_cluster
 from tasks.config import PipelineConfig
 from tasks.data import EXAMPLE_FILE, Loaded, load_data, record_data
@@ -55,9 +55,11 @@ def _config_from_parameters(params: dict[str, Any]) -> PipelineConfig:
     preset = getattr(preset, "value", preset)
     # An empty form field means "as the preset says"; `overrides` may set None on purpose.
     chosen = {k: v for k, v in named.items() if v is not None}
-    return load_config(
+    cfg = load_config(
         params.get("config_file") or preset, {**(params.get("overrides") or {}), **chosen}
     )
+    # While `glassbox up` runs: its standing cluster and its MLflow UI address for links.
+    return platform.for_run(cfg, platform.running())
 
 
 @flow(name="train", on_crashed=[_end_mlflow_run], on_cancellation=[_end_mlflow_run])
@@ -133,6 +135,7 @@ def train_loaded(
         "prefect.flow_run_name": str(runtime.flow_run.name),
         "prefect.deployment": str(runtime.deployment.name or ""),
         "glassbox.data": name,
+        **_prefect_link(),
         **(extra_tags or {}),
     }
     # The cluster's processes start while MLflow's store opens, the run is set up and the data
@@ -142,13 +145,14 @@ def train_loaded(
         tracking.mlflow_run(
             cfg.tracking,
             experiment=cfg.tracking.experiment or f"glassbox-{name}",
-            run_name=cfg.tracking.run_name,
+            # One name for the run in both UIs.
+            run_name=cfg.tracking.run_name or str(runtime.flow_run.name),
             tags=tags,
         ) as run,
-        _workspace(Path(cfg.data.workspace) / str(runtime.flow_run.id)) as workspace,
+        _workspace(Path(cfg.data.workspace).resolve() / str(runtime.flow_run.id)) as workspace,
     ):
         tracking.log_params(run.run_id, tracking.flatten(cfg.model_dump(mode="json")))
-        _report(run, cfg)
+        card = _report(run, cfg)
         recording = record_data.submit(loaded, workspace, run.run_id)
         cluster = starting.result()
         if cluster.dashboard:
@@ -197,7 +201,7 @@ def train_loaded(
             "headline": {k: scores[k] for k in HEADLINE[info.task] if k in scores},
             "figures": evaluated["figures"] + explained["figures"],
         }
-        _report(run, cfg, result)
+        _report(run, cfg, result, card)
     return result
 
 
@@ -211,12 +215,48 @@ def _workspace(path: Path) -> Iterator[str]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+def _prefect_link() -> dict[str, str]:
+    """MLflow tags that link a run back to its Prefect flow-run page (a description the MLflow
+    UI shows as markdown on the run page), when a standing Prefect server has a UI to link to."""
+    ui = prefect_ui_url()
+    if ui is None:
+        return {}
+    url = platform.flow_run_url(ui, str(runtime.flow_run.id))
+    return {
+        "prefect.flow_run_url": url,
+        "mlflow.note.content": f"Prefect flow run [{runtime.flow_run.name}]({url})"
+        + (f", deployment `{runtime.deployment.name}`" if runtime.deployment.name else ""),
+    }
+
+
+def prefect_ui_url() -> str | None:
+    """The Prefect UI's address when runs talk to a standing server (not a temporary one)."""
+    import os
+
+    from prefect.settings import get_current_settings
+
+    if not os.environ.get("PREFECT_API_URL"):
+        return None
+    ui = get_current_settings().ui_url
+    return str(ui) if ui else None
+
+
 def _report(
-    run: tracking.RunRef, cfg: PipelineConfig, result: dict[str, Any] | None = None
-) -> None:
-    """The Prefect run's pointer to its MLflow run (and, when done, the headline results)."""
+    run: tracking.RunRef,
+    cfg: PipelineConfig,
+    result: dict[str, Any] | None = None,
+    card: Any = None,
+) -> Any:
+    """The Prefect run's one card pointing at its MLflow run: made at the start (so the link is
+    there while the run trains), filled in with the headline results at the end. Returns the
+    card's id."""
     where = (
-        f"[open in MLflow]({run.url})"
+        f"[open the run in MLflow]({run.url}) · [figures and files]({run.url}/artifacts)"
+        + (
+            f" · [explanations]({run.url}/artifacts/explanations/index.html)"
+            if cfg.explain.enabled
+            else ""
+        )
         if run.url
         else f"`mlflow ui --backend-store-uri {cfg.tracking.uri}`, then experiment "
         f"{run.experiment_id}, run `{run.run_id}`; files in `{run.artifact_uri}`"
@@ -237,6 +277,14 @@ def _report(
             f"All {len(result['metrics'])} test metrics are in the MLflow run; figures in its "
             f"{artifacts}: " + ", ".join(f"`{f}`" for f in result["figures"]),
         ]
-    create_markdown_artifact(
-        key="mlflow-run", markdown="\n".join(lines), description="MLflow run of this flow run"
+    markdown = "\n".join(lines)
+    if card is not None:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.actions import ArtifactUpdate
+
+        with get_client(sync_client=True) as client:
+            client.update_artifact(card, ArtifactUpdate(data=markdown))
+        return card
+    return create_markdown_artifact(
+        key="mlflow-run", markdown=markdown, description="MLflow run of this flow run"
     )

@@ -7,6 +7,8 @@ the Prefect UI's parameter form, so a wrong key or value fails before any comput
 from __future__ import annotations
 
 import difflib
+import os
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -47,6 +49,9 @@ def _check_known(name: str, known: tuple[str, ...] | list[str], what: str) -> No
         close = difflib.get_close_matches(name, known, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ValueError(f"unknown {what} '{name}' ({hint}{what}s: {', '.join(known)})")
+
+
+DEFAULT_STORE = "sqlite:///mlruns/mlflow.db"
 
 
 class ConfigError(ValueError):
@@ -293,10 +298,25 @@ class ClusterConfig(_Stage):
 class TrackingConfig(_Stage):
     """MLflow: where runs, artifacts and registered models go."""
 
-    uri: str = "sqlite:///mlruns/mlflow.db"
-    artifact_root: str = Field(
-        "mlruns/artifacts", description="artifact folder for new experiments (local stores)"
+    uri: str = Field(
+        default_factory=lambda: os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_STORE,
+        description=f"tracking store; default: $MLFLOW_TRACKING_URI, else {DEFAULT_STORE}",
     )
+    artifact_root: str | None = Field(
+        None,
+        description="artifact folder for new experiments (local stores); default: `artifacts` "
+        "beside a sqlite store's file",
+    )
+
+    @property
+    def artifact_folder(self) -> str:
+        """`artifact_root`, or `artifacts` beside the sqlite file (mlruns/artifacts by default)."""
+        if self.artifact_root:
+            return self.artifact_root
+        if self.uri.startswith("sqlite:///"):
+            return str(Path(self.uri.removeprefix("sqlite:///")).parent / "artifacts")
+        return "mlruns/artifacts"
+
     experiment: str | None = Field(None, description="default: glassbox-<data set name>")
     model_name: str | None = Field(
         None, description="registered model name; default: glassbox-<data set name>"
@@ -407,7 +427,7 @@ class PipelineConfig(_Stage):
     evaluate: EvaluateConfig = EvaluateConfig()
     explain: ExplainConfig = ExplainConfig()
     cluster: ClusterConfig = ClusterConfig()
-    tracking: TrackingConfig = TrackingConfig()
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     retrain: RetrainConfig = RetrainConfig()
 
 

@@ -105,7 +105,7 @@ def mlflow_run(
     if exp is None:
         location = None
         if not cfg.uri.startswith(("http://", "https://", "databricks")):
-            location = (Path(cfg.artifact_root).resolve()).as_uri()
+            location = (Path(cfg.artifact_folder).resolve()).as_uri()
         experiment_id = client.create_experiment(experiment, artifact_location=location)
     else:
         experiment_id = exp.experiment_id

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 # Before Prefect is imported: the temporary server's telemetry heartbeat fights over its sqlite.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+# Tests never use a platform that `glassbox up` left running on the developer's machine, nor
+# a tracking store from the shell: the tests that want one start their own.
+os.environ["GLASSBOX_HOME"] = tempfile.mkdtemp(prefix="glassbox-home-")
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+os.environ.pop("PREFECT_API_URL", None)
 
 import numpy as np
 import pandas as pd

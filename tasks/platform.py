@@ -1,0 +1,569 @@
+"""The local platform behind `glassbox up|down|status`: a Prefect server, an MLflow server on the
+store the CLI writes to, a standing Dask cluster (scheduler and workers as processes of their own)
+and a process worker on the `glassbox` work pool, with `prefect.yaml` deployed.
+
+Everything binds to 127.0.0.1. The platform's state (ports, process ids, the store it serves)
+is one JSON file in its home, `.glassbox/` under the working folder (or `$GLASSBOX_HOME`); logs
+are `<home>/logs/<part>.log`. While it is up, runs (`glassbox train`, deployment runs) find it
+there and use its Prefect server, its cluster and its MLflow UI address for links.
+
+Pure parts on top (the plan of processes, what a run takes from the platform); the process
+handling (start, health checks, stop) at the bottom.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from tasks.config import DEFAULT_STORE
+
+if TYPE_CHECKING:
+    from tasks.config import PipelineConfig
+
+HOME_ENV = "GLASSBOX_HOME"
+POOL = "glassbox"
+STATE_FILE = "platform.json"
+BIN = Path(sys.executable).parent
+# Start order; `down` stops them in reverse.
+PARTS = ("mlflow", "prefect-server", "dask-scheduler", "dask-worker", "prefect-worker")
+
+
+class PlatformError(RuntimeError):
+    """A part of the platform did not start or answer; the message says which and where its
+    log is."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    prefect: int = 4200
+    mlflow: int = 5000
+    scheduler: int = 8786
+    dashboard: int = 8787
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What `up` starts: ports, the store MLflow serves, the cluster's shape."""
+
+    root: Path  # the project folder: deployments run here, relative paths resolve here
+    home: Path
+    store: str  # sqlite:////absolute/path.db
+    artifact_root: Path
+    ports: Ports = Ports()
+    workers: int = 1
+    threads: int = 0  # per worker; 0: all cores shared among the workers
+    gpus: int = 0
+
+    @property
+    def prefect_api(self) -> str:
+        return f"http://127.0.0.1:{self.ports.prefect}/api"
+
+    @property
+    def prefect_ui(self) -> str:
+        return f"http://127.0.0.1:{self.ports.prefect}"
+
+    @property
+    def mlflow_url(self) -> str:
+        return f"http://127.0.0.1:{self.ports.mlflow}"
+
+    @property
+    def scheduler(self) -> str:
+        return f"tcp://127.0.0.1:{self.ports.scheduler}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.ports.dashboard}/status"
+
+
+@dataclass(frozen=True)
+class Part:
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    url: str | None = None
+
+
+@dataclass
+class State:
+    """The platform as `up` left it (read back by runs, `status` and `down`)."""
+
+    root: str
+    store: str
+    artifact_root: str
+    prefect_api: str
+    prefect_ui: str
+    mlflow_url: str
+    scheduler: str
+    dashboard: str
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> pid, started
+
+
+def home_dir(cwd: Path | None = None) -> Path:
+    """`$GLASSBOX_HOME`, else `.glassbox` in the working folder."""
+    env = os.environ.get(HOME_ENV)
+    return Path(env).expanduser().resolve() if env else (cwd or Path.cwd()).resolve() / ".glassbox"
+
+
+def sqlite_path(uri: str, cwd: Path | None = None) -> Path | None:
+    """The database file of a `sqlite:///` URI, absolute (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = Path(uri.removeprefix("sqlite:///")).expanduser()
+    return path if path.is_absolute() else ((cwd or Path.cwd()) / path).resolve()
+
+
+def worker_threads(settings: Settings) -> int:
+    return settings.threads or max(1, (os.cpu_count() or 1) // settings.workers)
+
+
+def dask_config(threads: int) -> dict[str, Any]:
+    """The standing workers' Dask settings: those of the per-run local cluster, as nested YAML
+    (`DASK_CONFIG`), because environment variables cannot carry the upper-case names of
+    `pre-spawn-environ`."""
+    from tasks.cluster import _local_config
+
+    nested: dict[str, Any] = {}
+    for dotted, value in _local_config(threads).items():
+        # keys are dotted paths whose last part may itself hold no dots (OMP_NUM_THREADS)
+        *parents, leaf = dotted.split(".")
+        node = nested
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return nested
+
+
+def base_env(settings: Settings) -> dict[str, str]:
+    """Environment of every platform process: the venv's tools first on PATH, the platform's
+    home, Prefect's API, no telemetry."""
+    return {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        HOME_ENV: str(settings.home),
+        "PREFECT_API_URL": settings.prefect_api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_HOME": str(settings.home / "prefect"),
+        "MLFLOW_TRACKING_URI": settings.store,
+    }
+
+
+def plan(settings: Settings) -> list[Part]:
+    """The processes of the platform, in start order (pure: builds commands, starts nothing)."""
+    env = base_env(settings)
+    threads = worker_threads(settings)
+    worker_env = {**env, "DASK_CONFIG": str(settings.home / "dask")}
+    if settings.gpus:
+        dask_worker = [str(BIN / "dask"), "cuda", "worker", settings.scheduler]
+    else:
+        dask_worker = [
+            str(BIN / "dask"),
+            "worker",
+            settings.scheduler,
+            "--nworkers",
+            str(settings.workers),
+            "--nthreads",
+            str(threads),
+        ]
+    dask_worker += [
+        "--host",
+        "127.0.0.1",
+        "--no-dashboard",  # no Bokeh pages; the worker's HTTP server (health, metrics) stays
+        "--dashboard-address",
+        "127.0.0.1:0",
+        "--local-directory",
+        str(settings.home / "dask-worker-space"),
+        "--name",
+        "glassbox",
+    ]
+    return [
+        Part(
+            "mlflow",
+            [
+                str(BIN / "mlflow"),
+                "server",
+                "--backend-store-uri",
+                settings.store,
+                "--default-artifact-root",
+                settings.artifact_root.as_uri(),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.ports.mlflow),
+                "--workers",
+                "1",
+            ],
+            env,
+            settings.mlflow_url,
+        ),
+        Part(
+            "prefect-server",
+            [
+                str(BIN / "prefect"),
+                "server",
+                "start",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.ports.prefect),
+            ],
+            # The UI asks the API at this address: set before the server starts.
+            {**env, "PREFECT_UI_API_URL": settings.prefect_api},
+            settings.prefect_ui,
+        ),
+        Part(
+            "dask-scheduler",
+            [
+                str(BIN / "dask"),
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(settings.ports.scheduler),
+                "--dashboard-address",
+                f"127.0.0.1:{settings.ports.dashboard}",
+            ],
+            worker_env,
+            settings.dashboard,
+        ),
+        Part("dask-worker", dask_worker, worker_env),
+        Part(
+            "prefect-worker",
+            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
+            env,
+        ),
+    ]
+
+
+def for_run(cfg: PipelineConfig, state: State | None) -> PipelineConfig:
+    """What a run takes from a running platform (pure): the standing cluster when the config
+    leaves the cluster to `auto`; the platform's store when no store was chosen (config, --set
+    or $MLFLOW_TRACKING_URI); and the MLflow UI's address for links when the run writes to the
+    store that UI serves. A config that says otherwise wins."""
+    if state is None:
+        return cfg
+    update: dict[str, Any] = {}
+    if cfg.cluster.kind == "auto" and "dask-scheduler" in state.processes:
+        update["cluster"] = cfg.cluster.model_copy(
+            update={"kind": "address", "address": state.scheduler}
+        )
+    tracking: dict[str, Any] = {}
+    uri = cfg.tracking.uri
+    if "uri" not in cfg.tracking.model_fields_set and uri == DEFAULT_STORE:
+        # nobody chose a store: the platform's
+        uri = tracking["uri"] = state.store
+    served = sqlite_path(state.store)
+    if served is not None and sqlite_path(uri) == served:
+        if cfg.tracking.ui_url is None and "mlflow" in state.processes:
+            tracking["ui_url"] = state.mlflow_url
+        if cfg.tracking.artifact_root is None:
+            tracking["artifact_root"] = state.artifact_root
+    if tracking:
+        update["tracking"] = cfg.tracking.model_copy(update=tracking)
+    return cfg.model_copy(update=update) if update else cfg
+
+
+def flow_run_url(ui: str, flow_run_id: str) -> str:
+    return f"{ui.rstrip('/')}/runs/flow-run/{flow_run_id}"
+
+
+# --- process handling -----------------------------------------------------------------------
+
+
+def read_state(home: Path) -> State | None:
+    try:
+        raw = json.loads((home / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return State(**raw)
+
+
+def _write_state(home: Path, state: State) -> None:
+    tmp = home / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(asdict(state), indent=2))
+    tmp.replace(home / STATE_FILE)
+
+
+def _alive(record: dict[str, Any]) -> bool:
+    """The recorded process is still the one `up` started (not a recycled pid)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int(record["pid"]))
+        return (
+            abs(proc.create_time() - float(record["started"])) < 1.0
+            and proc.status() != psutil.STATUS_ZOMBIE
+        )
+    except (psutil.Error, KeyError, ValueError):
+        return False
+
+
+def running(home: Path | None = None) -> State | None:
+    """The platform's state when it is up, with only the parts that are alive; else None.
+
+    Cheap (a file and a few pids), so every run can ask."""
+    state = read_state(home or home_dir())
+    if state is None:
+        return None
+    state.processes = {k: v for k, v in state.processes.items() if _alive(v)}
+    return state if state.processes else None
+
+
+def _port_free(port: int) -> bool:
+    """Nothing listens on the port (a socket in TIME_WAIT does not count: servers reuse it)."""
+    with socket.socket() as s:
+        s.settimeout(1)
+        return s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _http_ok(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(url, timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait(check: Callable[[], bool], part: str, log: Path, proc: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise PlatformError(
+                f"{part} exited with code {proc.returncode}; last lines of {log}:\n" + _tail(log)
+            )
+        time.sleep(0.3)
+    raise PlatformError(f"{part} did not answer within {timeout:.0f} s; see {log}:\n" + _tail(log))
+
+
+def _tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def _workers_ready(settings: Settings, count: int) -> Callable[[], bool]:
+    url = f"http://127.0.0.1:{settings.ports.dashboard}/json/counts.json"
+
+    def check() -> bool:
+        import httpx
+
+        try:
+            return int(httpx.get(url, timeout=2).json().get("workers", 0)) >= count
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    return check
+
+
+def _pool_worker_online(settings: Settings) -> Callable[[], bool]:
+    def check() -> bool:
+        import httpx
+
+        try:
+            resp = httpx.post(
+                f"{settings.prefect_api}/work_pools/{POOL}/workers/filter", json={}, timeout=2
+            )
+            return resp.status_code == 200 and any(w.get("status") == "ONLINE" for w in resp.json())
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    return check
+
+
+def _checks(settings: Settings) -> dict[str, Callable[[], bool]]:
+    return {
+        "mlflow": lambda: _http_ok(f"{settings.mlflow_url}/health"),
+        "prefect-server": lambda: _http_ok(f"{settings.prefect_api}/health"),
+        "dask-scheduler": lambda: _http_ok(f"http://127.0.0.1:{settings.ports.dashboard}/health"),
+        "dask-worker": _workers_ready(settings, settings.gpus or settings.workers),
+        "prefect-worker": _pool_worker_online(settings),
+    }
+
+
+def _ports(settings: Settings) -> dict[str, int]:
+    p = settings.ports
+    return {"mlflow": p.mlflow, "prefect-server": p.prefect, "dask-scheduler": p.scheduler}
+
+
+def _start(part: Part, settings: Settings) -> subprocess.Popen[bytes]:
+    log = settings.home / "logs" / f"{part.name}.log"
+    with log.open("ab") as out:
+        # A session of its own: `down` signals the whole group (uvicorn, nanny and worker
+        # children), and a Ctrl-C in the terminal that ran `up` does not reach it.
+        return subprocess.Popen(
+            part.argv,
+            env=part.env,
+            cwd=settings.root,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+
+
+def up(settings: Settings, say: Callable[[str], None] = print, deploy: bool = True) -> State:
+    """Start what is not running, health-check each part before the next, deploy
+    `prefect.yaml`; a second call starts nothing that already answers."""
+    import psutil
+
+    from tasks import tracking
+    from tasks.config import TrackingConfig
+
+    (settings.home / "logs").mkdir(parents=True, exist_ok=True)
+    (settings.home / "prefect").mkdir(exist_ok=True)
+    (settings.home / "dask").mkdir(exist_ok=True)
+    (settings.home / "dask" / "glassbox.yaml").write_text(
+        yaml.safe_dump(dask_config(worker_threads(settings)))
+    )
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    # Create and migrate the store once, here, before a server or a run can race for it.
+    tracking.configure(TrackingConfig(uri=settings.store))
+    old = running(settings.home)
+    if old is not None and old.store != settings.store:
+        raise PlatformError(
+            f"the platform in {settings.home} serves {old.store}; `glassbox down` first"
+        )
+    state = State(
+        root=str(settings.root),
+        store=settings.store,
+        artifact_root=str(settings.artifact_root),
+        prefect_api=settings.prefect_api,
+        prefect_ui=settings.prefect_ui,
+        mlflow_url=settings.mlflow_url,
+        scheduler=settings.scheduler,
+        dashboard=settings.dashboard,
+        processes=dict(old.processes) if old else {},
+    )
+    checks = _checks(settings)
+    ports = _ports(settings)
+    for part in plan(settings):
+        log = settings.home / "logs" / f"{part.name}.log"
+        if part.name in state.processes:
+            _wait(checks[part.name], part.name, log, None, 30)
+            say(f"  {part.name:<15} already running (pid {state.processes[part.name]['pid']})")
+            continue
+        port = ports.get(part.name)
+        if port is not None and not _port_free(port):
+            raise PlatformError(
+                f"{part.name}: port {port} on 127.0.0.1 is taken by another program "
+                f"(choose another with --{part.name.split('-')[0]}-port)"
+            )
+        t0 = time.monotonic()
+        proc = _start(part, settings)
+        state.processes[part.name] = {
+            "pid": proc.pid,
+            "started": psutil.Process(proc.pid).create_time(),
+            "log": str(log),
+        }
+        _write_state(settings.home, state)  # `down` can stop it even if a later part fails
+        _wait(checks[part.name], part.name, log, proc, 180)
+        where = f"  {part.url}" if part.url else ""
+        say(f"  {part.name:<15} started in {time.monotonic() - t0:4.1f} s{where}")
+    if deploy:
+        t0 = time.monotonic()
+        out = subprocess.run(
+            [str(BIN / "prefect"), "--no-prompt", "deploy", "--all"],
+            env=base_env(settings),
+            cwd=settings.root,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        (settings.home / "logs" / "deploy.log").write_text(out.stdout + out.stderr)
+        if out.returncode != 0:
+            raise PlatformError(
+                f"prefect deploy failed; see {settings.home / 'logs' / 'deploy.log'}:\n"
+                + (out.stdout + out.stderr)[-1500:]
+            )
+        say(f"  {'deployments':<15} prefect.yaml deployed in {time.monotonic() - t0:4.1f} s")
+    return state
+
+
+def _group_members(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        parent = psutil.Process(pid)
+        return [parent, *parent.children(recursive=True)]
+    except psutil.Error:
+        return []
+
+
+def stop(records: list[dict[str, Any]], timeout: float = 20) -> None:
+    """SIGTERM the parts' process groups (and stray children) at once, SIGKILL what is left
+    after `timeout`."""
+    import psutil
+
+    alive = [r for r in records if _alive(r)]
+    members = [m for r in alive for m in _group_members(int(r["pid"]))]
+    for record in alive:
+        with suppress(OSError):
+            os.killpg(int(record["pid"]), signal.SIGTERM)
+    for proc in members:
+        with suppress(psutil.Error):
+            proc.terminate()
+    _, left = psutil.wait_procs(members, timeout=timeout)
+    for proc in left:
+        with suppress(psutil.Error):
+            proc.kill()
+    for record in alive:
+        with suppress(OSError):
+            os.killpg(int(record["pid"]), signal.SIGKILL)
+    psutil.wait_procs(left, timeout=5)
+
+
+def down(home: Path, say: Callable[[str], None] = print) -> list[str]:
+    """Stop what `up` started and forget it; returns the parts stopped."""
+    state = read_state(home)
+    if state is None:
+        say(f"nothing to stop: no platform recorded in {home}")
+        return []
+    t0 = time.monotonic()
+    records = {n: r for n, r in state.processes.items() if _alive(r)}
+    stop(list(records.values()))
+    for name in PARTS:
+        if name in state.processes:
+            done = f"stopped (pid {records[name]['pid']})" if name in records else "was not running"
+            say(f"  {name:<15} {done}")
+    say(f"stopped in {time.monotonic() - t0:.1f} s")
+    (home / STATE_FILE).unlink(missing_ok=True)
+    shutil.rmtree(home / "dask-worker-space", ignore_errors=True)
+    return list(records)
+
+
+def status_lines(home: Path) -> Iterator[str]:
+    state = read_state(home)
+    if state is None:
+        yield f"glassbox platform: down (nothing recorded in {home})"
+        return
+    urls = {
+        "mlflow": state.mlflow_url,
+        "prefect-server": state.prefect_ui,
+        "dask-scheduler": f"{state.scheduler}  dashboard {state.dashboard}",
+    }
+    for name in PARTS:
+        record = state.processes.get(name)
+        if record is None:
+            yield f"  {name:<15} not started"
+            continue
+        alive = "up  " if _alive(record) else "DOWN"
+        yield f"  {name:<15} {alive} pid {record['pid']:<8} {urls.get(name, '')}".rstrip()
+    yield f"  store           {state.store}"
+    yield f"  logs            {home / 'logs'}"
