@@ -5,7 +5,6 @@ local platform: `glassbox up|down|status`."""
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -205,7 +204,6 @@ def _lifecycle(args: argparse.Namespace, path: Path, overrides: dict[str, Any]) 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.retrain import promote, retrain, rollback
 
-    _hide_tracebacks_of_user_errors()
     result: Any
     try:
         if args.command == "retrain":
@@ -321,7 +319,6 @@ def _train(path: Path, overrides: dict[str, Any]) -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.train import train  # Prefect and MLflow load only for a valid config
 
-    _hide_tracebacks_of_user_errors()
     try:
         result = train(**_preset_args(path), overrides=overrides)
     except ConfigError as exc:
@@ -354,21 +351,6 @@ def _summary(result: dict[str, Any], uri: str) -> str:
         ]
     lines.append(f"Compare runs: {base}/#/experiments/{exp}/runs?workflowType=machine_learning")
     return "\n".join(lines)
-
-
-class _NoUserErrorTraceback(logging.Filter):
-    """A bad input is reported in one line by the CLI; Prefect need not print its traceback."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.exc_info and isinstance(record.exc_info[1], ConfigError):
-            record.exc_info = None
-            record.exc_text = None
-        return True
-
-
-def _hide_tracebacks_of_user_errors() -> None:
-    for name in ("prefect.flow_runs", "prefect.task_runs"):
-        logging.getLogger(name).addFilter(_NoUserErrorTraceback())
 
 
 if __name__ == "__main__":

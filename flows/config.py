@@ -81,3 +81,18 @@ def load_config(
     """
     raw = read_yaml(preset_path(preset_or_file))
     return validate_config(apply_overrides(raw, overrides or {}))
+
+
+def preset_values(key: str) -> str:
+    """`default 100, fraud 300, ...`: one config value of every preset, for the Prefect form's
+    field descriptions (the form shows what an empty field means)."""
+    from tasks.tracking import flatten
+
+    shown = []
+    for name in Preset.__members__:
+        try:
+            value = flatten(load_config(name).model_dump(mode="json")).get(key)
+        except ConfigError:
+            continue
+        shown.append(f"{name} {'its own' if value is None else value}")
+    return ", ".join(shown)

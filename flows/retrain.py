@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
 from flows.config import Preset
 from flows.train import (
+    PRESET,
+    SOURCE,
+    TARGET,
     _config_from_parameters,
     _end_mlflow_run,
     check_and_load,
@@ -53,10 +57,10 @@ class Mode(enum.StrEnum):
 
 @flow(name="retrain", on_crashed=[_end_mlflow_run], on_cancellation=[_end_mlflow_run])
 def retrain(
-    preset: Preset = Preset.default,  # type: ignore[valid-type, attr-defined]
-    data_source: str | None = None,
-    target: str | None = None,
-    batch: int | None = None,
+    preset: Preset = PRESET,  # type: ignore[valid-type]
+    data_source: str | None = SOURCE,
+    target: str | None = TARGET,
+    batch: Annotated[int | None, Field(ge=0)] = None,
     mode: Mode | None = None,
     overrides: dict[str, Any] | None = None,
     config_file: str | None = None,

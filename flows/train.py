@@ -7,19 +7,21 @@ before any compute; a run that fails ends FAILED in MLflow with the reason as a 
 
 from __future__ import annotations
 
+import logging
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
+from pydantic import Field
 
-from flows.config import Preset, load_config
+from flows.config import Preset, load_config, preset_values
 from tasks import platform, tracking
 from tasks.cluster import background_cluster
-from tasks.config import PipelineConfig
+from tasks.config import ConfigError, PipelineConfig
 from tasks.data import EXAMPLE_FILE, Loaded, load_data, record_data
 from tasks.datasets import check_source, dataset_name
 from tasks.evaluate import evaluate_model
@@ -32,6 +34,26 @@ from tasks.train import (
     register_model,
     train_model,
 )
+
+
+class _NoUserErrorTraceback(logging.Filter):
+    """A bad input is reported in one line by the CLI; Prefect need not print its traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], ConfigError):
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def hide_tracebacks_of_user_errors() -> None:
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(_NoUserErrorTraceback())
+
+
+# A bad input reads as one line in the run's log and state message, from the CLI and from a
+# deployment run alike.
+hide_tracebacks_of_user_errors()
 
 
 def _end_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
@@ -62,14 +84,36 @@ def _config_from_parameters(params: dict[str, Any]) -> PipelineConfig:
     return platform.for_run(cfg, platform.running())
 
 
+def _empty_means(what: str, key: str) -> Any:
+    """A form field's default, with a description saying what an empty field means for every
+    preset (Prefect takes descriptions from a default `Field`, constraints from the type)."""
+    return Field(None, description=f"{what}. Empty: the preset's ({preset_values(key)}).")
+
+
+# The Prefect form: typed fields whose constraints the UI and the server check before a run is
+# created.
+Rounds = Annotated[int | None, Field(ge=1, le=100_000)]
+Depth = Annotated[int | None, Field(ge=1, le=64)]
+Eta = Annotated[float | None, Field(gt=0, le=1)]
+PRESET = Field(
+    Preset.default,  # type: ignore[attr-defined]
+    description="a configuration preset from conf/; its data: " + preset_values("data.source"),
+)
+SOURCE = _empty_means("`builtin:<name>` or a .csv/.parquet path on the worker", "data.source")
+TARGET = _empty_means("the target column", "data.target")
+ROUNDS = _empty_means("maximum boosting rounds", "train.num_boost_round")
+DEPTH = _empty_means("maximum tree depth", "train.params.max_depth")
+ETA = _empty_means("XGBoost learning rate, eta", "train.params.learning_rate")
+
+
 @flow(name="train", on_crashed=[_end_mlflow_run], on_cancellation=[_end_mlflow_run])
 def train(
-    preset: Preset = Preset.default,  # type: ignore[valid-type, attr-defined]
-    data_source: str | None = None,
-    target: str | None = None,
-    num_boost_round: int | None = None,
-    max_depth: int | None = None,
-    learning_rate: float | None = None,
+    preset: Preset = PRESET,  # type: ignore[valid-type]
+    data_source: str | None = SOURCE,
+    target: str | None = TARGET,
+    num_boost_round: Rounds = ROUNDS,
+    max_depth: Depth = DEPTH,
+    learning_rate: Eta = ETA,
     overrides: dict[str, Any] | None = None,
     config_file: str | None = None,
 ) -> dict[str, Any]:

@@ -124,3 +124,11 @@ def messy_frame(n: int = 1200, task: str = "binary", seed: int = 0) -> pd.DataFr
     else:
         frame["target"] = np.select([signal < 0, signal < 1.5], ["low", "mid"], "high")
     return frame
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """`request.node.rep_call` for fixtures that act on a test's outcome (browser screenshots)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)

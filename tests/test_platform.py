@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -145,6 +146,123 @@ def test_a_cli_run_uses_the_platform_and_links_both_ways(up):
     assert f"]({run_url})" in cards[0]["data"]
     assert f"]({run_url}/artifacts/explanations/index.html)" in cards[0]["data"]
     assert "| test_log_loss |" in cards[0]["data"]  # the final version, not the start stub
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = ROOT / "mlruns" / "test-screenshots"
+
+
+@pytest.fixture
+def page(request):
+    """A page in Debian's chromium driven by Playwright; a screenshot when the test fails."""
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(30_000)
+        page = context.new_page()
+        yield page
+        if request.node.rep_call.failed:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            for i, open_page in enumerate(context.pages):
+                shot = SCREENSHOTS / f"{request.node.name}-{i}.png"
+                open_page.screenshot(path=str(shot), full_page=True)
+                print(f"screenshot: {shot} ({open_page.url})")
+        browser.close()
+
+
+@pytest.mark.browser
+def test_a_run_from_the_prefect_ui_links_to_its_mlflow_run_and_back(up, page):
+    from playwright.sync_api import expect
+
+    prefect, mlflow = up["prefect"], up["mlflow"]
+    page.goto(f"{prefect}/deployments")
+    page.get_by_role("link", name="train", exact=True).first.click()
+    page.get_by_role("button", name="Run", exact=True).click()
+    page.get_by_text("Custom run").click()
+
+    def field(name):
+        label = page.get_by_text(f"{name} (Optional)", exact=True)
+        return page.locator(".schema-form-property", has=label).last
+
+    # the form says what an empty field means for each preset
+    expect(field("num_boost_round")).to_contain_text("wine 200")
+    field("preset").locator("button.p-select-button__control").press("Space")
+    page.get_by_role("option", name="wine", exact=True).click()
+    rounds = field("num_boost_round")
+    rounds.get_by_role("button", name="int", exact=True).click()
+    rounds.locator("input").fill("-5")  # out of range: refused, no run is created
+    page.get_by_role("button", name="Submit").click()
+    expect(rounds).to_contain_text("not valid")
+    expect(page).to_have_url(re.compile(r"/run\?"))
+    rounds.locator("input").fill("30")
+    page.get_by_role("button", name="Submit").click()
+    # two toast containers overlap; the button's own click handler opens the run
+    page.get_by_role("button", name="View run").first.dispatch_event("click")
+    expect(page).to_have_url(re.compile(r"/runs/flow-run/"))
+    flow_run_url = page.url
+    expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=300_000)
+    page.get_by_text("Artifacts", exact=True).first.click()
+    page.get_by_text("mlflow-run", exact=True).first.click()
+    with page.context.expect_page() as opened:
+        page.get_by_role("link", name="open the run in MLflow").click()
+    run_page = opened.value
+    expect(run_page).to_have_url(re.compile(re.escape(mlflow) + r"/#/experiments/\d+/runs/\w+"))
+    # the MLflow run has the flow run's name and links back to it
+    run_name = flow_run_url.rsplit("/", 1)[-1]
+    back = run_page.locator(f'a[href="{prefect}/runs/flow-run/{run_name}"]')
+    expect(back).to_be_visible(timeout=60_000)
+    expect(run_page.get_by_role("heading", name=back.inner_text())).to_be_visible()
+    # its figures are there
+    run_page.get_by_role("tab", name="Artifacts").click()
+    run_page.get_by_text("figures", exact=True).first.click()
+    run_page.get_by_text("roc.png", exact=True).first.click()
+    expect(run_page.get_by_role("img", name="figures/roc.png")).to_be_visible()
+    # the run used the form's values
+    from mlflow import MlflowClient
+
+    run_id = run_page.url.rsplit("/runs/", 1)[-1].split("/")[0]
+    params = MlflowClient(up["store"]).get_run(run_id).data.params
+    assert (params["data.source"], params["train.num_boost_round"]) == ("builtin:wine", "30")
+
+
+@pytest.mark.browser
+def test_two_runs_side_by_side_in_the_mlflow_compare_view(up, page):
+    from mlflow import MlflowClient
+    from playwright.sync_api import expect
+
+    client = MlflowClient(up["store"])
+    exp = client.get_experiment_by_name("glassbox-wine")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+    assert len(runs) >= 2, "the CLI run and the Prefect UI run"
+    page.goto(
+        f"{up['mlflow']}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+    )
+    for run in runs[:2]:
+        page.locator(f'[row-id="{run.info.run_id}"] [ref="eWrapper"]').first.click()
+    page.get_by_role("button", name="Compare").click()
+    expect(page.get_by_text("Comparing 2 Runs")).to_be_visible()
+    page.get_by_text("Show diff only").first.click()
+    row = page.get_by_role("row", name=re.compile(r"^train\.num_boost_round"))
+    expect(row).to_contain_text("12")
+    expect(row).to_contain_text("30")
+    expect(page.get_by_role("row", name=re.compile(r"^data\.source"))).to_have_count(0)
+    page.get_by_role("switch", name="Metrics - Show diff only").click()
+    names, values = page.get_by_role("grid").first, page.get_by_role("grid").last
+    expect(names.get_by_role("link", name="test_log_loss", exact=True)).to_be_visible()
+    expect(names.get_by_role("link", name="data_train_rows", exact=True)).to_have_count(0)
+    for run in runs[:2]:
+        expect(values).to_contain_text(f"{run.data.metrics['test_log_loss']:.3g}")
 
 
 def test_down_stops_everything_it_started(up):
