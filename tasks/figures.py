@@ -56,6 +56,9 @@ def _square_heatmap(matrix: pd.DataFrame, title: str, **heatmap: Any) -> Figure:
 
         side = max(5.0, 0.42 * len(matrix) + 2)
         fig, axes = _figure(size=(side + 1, side))
+        # Every name is shown (the side grows with the rows): asking seaborn to thin labels
+        # out ("auto") measures each label's extent, half a second on a 20 x 20 matrix.
+        heatmap = {"xticklabels": True, "yticklabels": True, **heatmap}
         sns.heatmap(matrix, ax=axes[0, 0], square=True, **heatmap)
         axes[0, 0].set_title(title)
     return fig

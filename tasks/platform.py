@@ -206,7 +206,8 @@ def plan(settings: Settings) -> list[Part]:
                 "--workers",
                 "1",
             ],
-            env,
+            # No GenAI job runner (seven huey processes Glassbox has no use for).
+            {**env, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
             settings.mlflow_url,
         ),
         Part(
@@ -243,7 +244,8 @@ def plan(settings: Settings) -> list[Part]:
         Part(
             "prefect-worker",
             [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--type", "process"],
-            env,
+            # A run from the UI starts within 2 s, not Prefect's default 10 (a user's setting wins).
+            {"PREFECT_WORKER_QUERY_SECONDS": "2", **env},
         ),
     ]
 
@@ -298,16 +300,16 @@ def _write_state(home: Path, state: State) -> None:
 
 
 def _alive(record: dict[str, Any]) -> bool:
-    """The recorded process is still the one `up` started (not a recycled pid)."""
+    """The recorded process is still the one `up` started, not a recycled pid: its command line
+    ends with the arguments `up` gave it. (Start times are no proof here: a VM's wall clock can
+    step, and psutil derives start times from it.)"""
     import psutil
 
     try:
         proc = psutil.Process(int(record["pid"]))
-        return (
-            abs(proc.create_time() - float(record["started"])) < 1.0
-            and proc.status() != psutil.STATUS_ZOMBIE
-        )
-    except (psutil.Error, KeyError, ValueError):
+        args = list(record["args"])
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.cmdline()[-len(args) :] == args
+    except (psutil.Error, KeyError, ValueError, TypeError):
         return False
 
 
@@ -421,7 +423,6 @@ def _start(part: Part, settings: Settings) -> subprocess.Popen[bytes]:
 def up(settings: Settings, say: Callable[[str], None] = print, deploy: bool = True) -> State:
     """Start what is not running, health-check each part before the next, deploy
     `prefect.yaml`; a second call starts nothing that already answers."""
-    import psutil
 
     from tasks import tracking
     from tasks.config import TrackingConfig
@@ -467,11 +468,9 @@ def up(settings: Settings, say: Callable[[str], None] = print, deploy: bool = Tr
             )
         t0 = time.monotonic()
         proc = _start(part, settings)
-        state.processes[part.name] = {
-            "pid": proc.pid,
-            "started": psutil.Process(proc.pid).create_time(),
-            "log": str(log),
-        }
+        # The program itself may run under an interpreter (a script's shebang): its arguments
+        # identify it.
+        state.processes[part.name] = {"pid": proc.pid, "args": part.argv[1:], "log": str(log)}
         _write_state(settings.home, state)  # `down` can stop it even if a later part fails
         _wait(checks[part.name], part.name, log, proc, 180)
         where = f"  {part.url}" if part.url else ""

@@ -41,8 +41,13 @@ def _glassbox(env, *args, timeout=400):
 def up(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("platform")
     ports = {k: _free_port() for k in ("prefect", "mlflow", "dask", "dashboard")}
+    # A user's shell: no store or Prefect API chosen (mlflow.set_tracking_uri in this process
+    # exports MLFLOW_TRACKING_URI, which a child would take as the user's choice).
+    shell = {
+        k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "PREFECT_API_URL")
+    }
     env = {
-        **os.environ,
+        **shell,
         "GLASSBOX_HOME": str(tmp / "home"),
         "PREFECT_WORKER_QUERY_SECONDS": "2",
         "PREFECT_WORKER_PREFETCH_SECONDS": "5",

@@ -9,8 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
-
 from flows.config import load_config
 from tasks import platform
 from tasks.platform import Ports, Settings, State
@@ -103,20 +101,20 @@ def test_a_config_that_says_otherwise_wins(tmp_path, monkeypatch):
     assert platform.for_run(load_config("default"), _state(tmp_path, {})).cluster.kind == "auto"
 
 
-def test_running_reports_only_live_processes_of_the_recorded_start(tmp_path):
+def test_running_reports_only_live_processes_that_up_started(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
     assert platform.running(home) is None
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    child = subprocess.Popen(argv)
     try:
-        me = psutil.Process(child.pid)
         state = _state(
             tmp_path,
             {
-                "mlflow": {"pid": child.pid, "started": me.create_time()},
-                # same pid, other start time: a recycled pid is not ours
-                "dask-worker": {"pid": child.pid, "started": me.create_time() - 100},
-                "prefect-worker": {"pid": 2**22 + 7, "started": 0},
+                "mlflow": {"pid": child.pid, "args": argv[1:]},
+                # same pid, another program: a recycled pid is not ours
+                "dask-worker": {"pid": child.pid, "args": ["worker", "tcp://x:1"]},
+                "prefect-worker": {"pid": 2**22 + 7, "args": ["worker"]},
             },
         )
         (home / platform.STATE_FILE).write_text(json.dumps(state.__dict__))
