@@ -153,6 +153,35 @@ def test_a_cli_run_uses_the_platform_and_links_both_ways(up):
     assert "| test_log_loss |" in cards[0]["data"]  # the final version, not the start stub
 
 
+def test_a_config_error_in_a_deployment_run_is_one_line(up):
+    """A wrong key in the form's overrides: the run fails with the one-line reason as its state
+    message and in its log, with no traceback."""
+    code = """
+import json
+from prefect.deployments import run_deployment
+run = run_deployment("train/train", timeout=300, poll_interval=1,
+                     parameters={"preset": "wine", "overrides": {"train.num_boost_roun": 5}})
+print(json.dumps({"id": str(run.id), "state": run.state.type.value,
+                  "message": run.state.message}))
+"""
+    env = {**up["env"], "PREFECT_API_URL": f"{up['prefect']}/api"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=360
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    reason = "train.num_boost_roun: unknown key (did you mean 'num_boost_round'?)"
+    assert run["state"] == "FAILED"
+    assert reason in run["message"] and "\n" not in run["message"].strip()
+    logs = httpx.post(
+        f"{up['prefect']}/api/logs/filter",
+        json={"logs": {"flow_run_id": {"any_": [run["id"]]}}},
+    ).json()
+    text = "\n".join(entry["message"] for entry in logs)
+    assert reason in text
+    assert "Traceback" not in text
+
+
 CHROMIUM_ARGS = [
     "--headless",
     "--no-sandbox",

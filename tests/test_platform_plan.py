@@ -75,6 +75,8 @@ def test_standing_workers_get_the_thread_settings_of_local_clusters():
 
 def test_a_run_takes_the_standing_cluster_and_the_ui_address(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # no store chosen (mlflow.set_tracking_uri in earlier tests exports one)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     state = _state(tmp_path, {"dask-scheduler": {}, "mlflow": {}})
     cfg = platform.for_run(load_config("default"), state)
     assert (cfg.cluster.kind, cfg.cluster.address) == ("address", "tcp://127.0.0.1:18786")
@@ -86,6 +88,7 @@ def test_a_run_takes_the_standing_cluster_and_the_ui_address(tmp_path, monkeypat
 
 def test_a_config_that_says_otherwise_wins(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     state = _state(tmp_path, {"dask-scheduler": {}, "mlflow": {}})
     local = platform.for_run(load_config("default", {"cluster.kind": "local"}), state)
     assert local.cluster.kind == "local"
