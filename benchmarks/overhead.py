@@ -83,32 +83,26 @@ def start_platform(tmp: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     args = [f"--{k}-port={v}" for k, v in ports.items()]
-    out = subprocess.run(
-        [BIN / "glassbox", "up", *args, "--set", f"tracking.uri=sqlite:///{tmp}/mlflow.db"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    out = _glassbox(env, "up", *args, "--set", f"tracking.uri=sqlite:///{tmp}/mlflow.db")
     if out.returncode:
         raise SystemExit(f"glassbox up failed:\n{out.stdout}{out.stderr}")
     return {**env, "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api"}
 
 
+def _glassbox(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [BIN / "glassbox", *args], cwd=ROOT, env=env, capture_output=True, text=True
+    )
+
+
 def stop_platform(env: dict[str, str]) -> None:
-    subprocess.run([BIN / "glassbox", "down"], cwd=ROOT, env=env, capture_output=True)
+    _glassbox(env, "down")
 
 
 def run_default(env: dict[str, str], tmp: Path) -> float:
     """`glassbox train` on the default preset, everything on (explanations too): wall seconds."""
     start = time.perf_counter()
-    out = subprocess.run(
-        [BIN / "glassbox", "train", "--set", f"tracking.uri=sqlite:///{tmp}/mlflow.db"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-    )
+    out = _glassbox(env, "train", "--set", f"tracking.uri=sqlite:///{tmp}/mlflow.db")
     if out.returncode:
         raise SystemExit(f"default run failed:\n{out.stderr[-3000:]}")
     return time.perf_counter() - start

@@ -348,6 +348,7 @@ def _summary(result: dict[str, Any], uri: str) -> str:
         lines += [
             f"Look at it: mlflow ui --backend-store-uri {uri} --port 5000, then open",
             f"  {base}/#/experiments/{exp}/runs/{result['run_id']}",
+            "  (or `glassbox up`: both UIs, linked runs, a standing cluster)",
         ]
     lines.append(f"Compare runs: {base}/#/experiments/{exp}/runs?workflowType=machine_learning")
     return "\n".join(lines)

@@ -109,7 +109,21 @@ class State:
     mlflow_url: str
     scheduler: str
     dashboard: str
-    processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> pid, started
+    processes: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> pid, args, log
+
+    @classmethod
+    def of(cls, settings: Settings, processes: dict[str, dict[str, Any]]) -> State:
+        return cls(
+            root=str(settings.root),
+            store=settings.store,
+            artifact_root=str(settings.artifact_root),
+            prefect_api=settings.prefect_api,
+            prefect_ui=settings.prefect_ui,
+            mlflow_url=settings.mlflow_url,
+            scheduler=settings.scheduler,
+            dashboard=settings.dashboard,
+            processes=processes,
+        )
 
 
 def home_dir(cwd: Path | None = None) -> Path:
@@ -441,17 +455,7 @@ def up(settings: Settings, say: Callable[[str], None] = print, deploy: bool = Tr
         raise PlatformError(
             f"the platform in {settings.home} serves {old.store}; `glassbox down` first"
         )
-    state = State(
-        root=str(settings.root),
-        store=settings.store,
-        artifact_root=str(settings.artifact_root),
-        prefect_api=settings.prefect_api,
-        prefect_ui=settings.prefect_ui,
-        mlflow_url=settings.mlflow_url,
-        scheduler=settings.scheduler,
-        dashboard=settings.dashboard,
-        processes=dict(old.processes) if old else {},
-    )
+    state = State.of(settings, dict(old.processes) if old else {})
     checks = _checks(settings)
     ports = _ports(settings)
     for part in plan(settings):

@@ -26,18 +26,7 @@ def _settings(tmp_path: Path, **kw) -> Settings:
 
 
 def _state(tmp_path: Path, processes: dict) -> State:
-    s = _settings(tmp_path)
-    return State(
-        root=str(tmp_path),
-        store=s.store,
-        artifact_root=str(s.artifact_root),
-        prefect_api=s.prefect_api,
-        prefect_ui=s.prefect_ui,
-        mlflow_url=s.mlflow_url,
-        scheduler=s.scheduler,
-        dashboard=s.dashboard,
-        processes=processes,
-    )
+    return State.of(_settings(tmp_path), processes)
 
 
 def test_every_part_binds_loopback_on_its_configured_port(tmp_path):
