@@ -137,7 +137,7 @@ asyncio.run(main())
     assert run.data.params["train.num_boost_round"] == "7"
     assert run.data.params["train.params.max_depth"] == "2"
     assert run.data.tags["prefect.deployment"] == "train"
-    assert len(client.get_metric_history(run.info.run_id, "valid-mlogloss")) == 7
+    assert len(client.get_metric_history(run.info.run_id, "curves/valid-mlogloss")) == 7
 
 
 def _api(env, code: str, timeout: int = 460) -> dict:

@@ -54,7 +54,7 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     assert params["data.task_resolved"] == "binary"
     # one point per round, train and valid, for each eval metric
     for key in ("train-logloss", "valid-logloss", "train-error", "valid-error"):
-        assert _points(client, result["run_id"], key) == list(range(40))
+        assert _points(client, result["run_id"], f"curves/{key}") == list(range(40))
     assert run.data.metrics["rounds_trained"] == 40
     metrics = run.data.metrics
     for key in (
@@ -202,7 +202,7 @@ def test_multiclass_preset(store, client):
     run = client.get_run(result["run_id"])
     assert run.info.status == "FINISHED" and run.data.params["xgb.num_class"] == "3"
     assert (
-        len(_points(client, result["run_id"], "valid-mlogloss"))
+        len(_points(client, result["run_id"], "curves/valid-mlogloss"))
         == run.data.metrics["rounds_trained"]
     )
     assert {
@@ -237,8 +237,8 @@ def test_regression_preset(store, client):
     result = _run(store, "diabetes", num_boost_round=30, learning_rate=0.2)
     run = client.get_run(result["run_id"])
     assert run.data.params["train.params.learning_rate"] == "0.2"
-    assert _points(client, result["run_id"], "train-rmse") == _points(
-        client, result["run_id"], "valid-mae"
+    assert _points(client, result["run_id"], "curves/train-rmse") == _points(
+        client, result["run_id"], "curves/valid-mae"
     )
     assert run.data.metrics["test_r2_score"] > 0.2
     assert {

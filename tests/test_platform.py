@@ -257,6 +257,10 @@ def test_a_run_from_the_prefect_ui_links_to_its_mlflow_run_and_back(up, page):
     back = run_page.locator(f'a[href="{prefect}/runs/flow-run/{run_name}"]')
     expect(back).to_be_visible(timeout=60_000)
     expect(run_page.get_by_role("heading", name=back.inner_text())).to_be_visible()
+    # its Model metrics tab opens on the per-round curves; single values come after
+    run_page.get_by_role("tab", name="Model metrics").click()
+    expect(run_page.get_by_text("curves", exact=True)).to_be_in_viewport()
+    expect(run_page.get_by_text("valid-mlogloss", exact=True).first).to_be_in_viewport()
     # its figures are there
     run_page.get_by_role("tab", name="Artifacts").click()
     run_page.get_by_text("figures", exact=True).first.click()
@@ -293,10 +297,10 @@ def test_two_runs_side_by_side_in_the_mlflow_compare_view(up, page):
     expect(page.get_by_role("row", name=re.compile(r"^data\.source"))).to_have_count(0)
     page.get_by_role("switch", name="Metrics - Show diff only").click()
     names, values = page.get_by_role("grid").first, page.get_by_role("grid").last
-    expect(names.get_by_role("link", name="test_log_loss", exact=True)).to_be_visible()
+    expect(names.get_by_role("link", name="best_valid-mlogloss", exact=True)).to_be_visible()
     expect(names.get_by_role("link", name="data_train_rows", exact=True)).to_have_count(0)
     for run in runs[:2]:
-        expect(values).to_contain_text(f"{run.data.metrics['test_log_loss']:.3g}")
+        expect(values).to_contain_text(f"{run.data.metrics['best_valid-mlogloss']:.3g}")
 
 
 def test_down_stops_everything_it_started(up):

@@ -22,7 +22,7 @@ def test_history_is_one_point_per_round_in_batches(client, store):
     }
     with tracking.mlflow_run(cfg, experiment="t-history", run_name=None, tags={}) as run:
         tracking.log_history(run.run_id, history)
-    points = client.get_metric_history(run.run_id, "train-logloss")
+    points = client.get_metric_history(run.run_id, "curves/train-logloss")
     assert [p.step for p in points] == list(range(1500))
     assert points[10].value == pytest.approx(0.499)
     assert client.get_run(run.run_id).info.status == "FINISHED"
