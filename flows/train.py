@@ -20,7 +20,7 @@ from pydantic import Field
 
 from flows.config import Preset, load_config, preset_values
 from tasks import platform, tracking
-from tasks.cluster import background_cluster
+from tasks.cluster import background_cluster, check_shared_folder
 from tasks.config import ConfigError, PipelineConfig
 from tasks.data import EXAMPLE_FILE, Loaded, load_data, record_data
 from tasks.datasets import check_source, dataset_name
@@ -199,6 +199,7 @@ def train_loaded(
         card = _report(run, cfg)
         recording = record_data.submit(loaded, workspace, run.run_id)
         cluster = starting.result()
+        check_shared_folder(cluster, workspace)
         if cluster.dashboard:
             get_run_logger().info(
                 "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard

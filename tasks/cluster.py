@@ -158,3 +158,35 @@ def background_cluster(cfg: ClusterConfig) -> Iterator[Future[ClusterHandle]]:
         finally:
             if starting.exception() is None:  # waits for the start; a failed start left nothing
                 pool.submit(manager.__exit__, None, None, None).result()
+
+
+def _sees(path: str) -> bool:
+    return os.path.isfile(path)
+
+
+def check_shared_folder(handle: ClusterHandle, folder: str) -> None:
+    """Workers of a cluster this run did not start read the run's splits from `folder`: check
+    that every one of them sees a file written there now (a folder of the same name on another
+    machine is not enough), before anything trains.
+
+    Raises:
+        ConfigError: naming the workers that cannot read it and the key to change.
+    """
+    if handle.kind != "address":
+        return  # local workers share this machine's file system
+    import uuid
+
+    probe = os.path.join(os.path.abspath(folder), f".probe-{uuid.uuid4().hex}")
+    with open(probe, "w") as out:
+        out.write("glassbox")
+    try:
+        seen = handle.client.run(_sees, probe)
+    finally:
+        os.remove(probe)
+    blind = sorted(worker for worker, ok in seen.items() if not ok)
+    if blind:
+        raise ConfigError(
+            f"data.workspace: {len(blind)} of {len(seen)} Dask workers cannot read "
+            f"{os.path.abspath(folder)} ({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''})"
+            "; set data.workspace to storage shared by this machine and every worker"
+        )

@@ -1,0 +1,121 @@
+"""A cluster the run did not start (`cluster.kind: address`): scheduler and workers as processes
+of their own, one of them in a mount namespace where the run's workspace is another (empty)
+folder, as on a machine without the shared storage. The run is stopped before training, with
+the key to change."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.cluster import check_shared_folder, dask_cluster
+from tasks.config import ClusterConfig, ConfigError
+
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _can_unshare(folder: Path) -> bool:
+    probe = subprocess.run(
+        [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f"mount -t tmpfs none {folder}",
+        ],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+@pytest.fixture
+def two_machines(tmp_path):
+    """A scheduler; a worker that shares this machine's files; a worker that does not."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    if not _can_unshare(workspace):
+        pytest.skip("needs unshare --mount (root) to give a worker a file system of its own")
+    port = _free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    dask = str(BIN / "dask")
+    worker = [
+        dask,
+        "worker",
+        address,
+        "--nthreads",
+        "1",
+        "--host",
+        "127.0.0.1",
+        "--dashboard-address",
+        "127.0.0.1:0",
+        "--no-nanny",
+    ]
+    procs = [
+        subprocess.Popen(
+            [
+                dask,
+                "scheduler",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--dashboard-address",
+                "127.0.0.1:0",
+            ],
+            stderr=subprocess.DEVNULL,
+        ),
+    ]
+    time.sleep(1)
+    procs.append(subprocess.Popen(worker, stderr=subprocess.DEVNULL))
+    # the other machine: the same path, but its own (empty) folder there
+    elsewhere = " ".join(worker)
+    procs.append(
+        subprocess.Popen(
+            [
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                f"mount -t tmpfs none {workspace} && exec {elsewhere}",
+            ],
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    try:
+        yield address, workspace
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            proc.wait(30)
+
+
+def test_workers_that_cannot_read_the_workspace_stop_the_run(two_machines):
+    address, workspace = two_machines
+    with dask_cluster(ClusterConfig(kind="address", address=address)) as handle:
+        handle.client.wait_for_workers(2, timeout=60)
+        with pytest.raises(ConfigError, match=r"^data\.workspace: 1 of 2 Dask workers cannot read"):
+            check_shared_folder(handle, str(workspace))
+        # the probe is gone; nothing else was written
+        assert list(workspace.iterdir()) == []
+        # both see *a* folder there: the name alone proves nothing, the probe file does
+        assert all(handle.client.run(Path.is_dir, workspace).values())
+
+
+def test_local_clusters_are_not_probed(tmp_path):
+    with dask_cluster(ClusterConfig(kind="local", n_workers=1, threads_per_worker=1)) as handle:
+        check_shared_folder(handle, str(tmp_path / "not-even-there"))
