@@ -81,6 +81,22 @@ def _local_config(threads: int) -> dict[str, object]:
     }
 
 
+@contextmanager
+def _environ_kept(names: dict[str, str]) -> Iterator[None]:
+    """Undo what a Nanny writes into this process's environment while it spawns a worker
+    (`os.environ.update(pre-spawn-environ)`): left there, it would outrank the settings of the
+    next cluster this process starts (Dask lets the environment override its config)."""
+    before = {name: os.environ.get(name) for name in names}
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
 class WorkerProgress(xgb.callback.TrainingCallback):
     """Publishes the latest evaluation results every `every` rounds, from the worker that
     trains to clients subscribed to `topic` (`Client.subscribe_topic`).
@@ -135,7 +151,7 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
         factory, default_workers = partial(LocalCluster, processes=True), 1
     n_workers = cfg.n_workers or default_workers
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // n_workers)
-    with dask.config.set(_local_config(threads)):
+    with dask.config.set(_local_config(threads)), _environ_kept(worker_env(threads)):
         cluster = factory(n_workers=n_workers, threads_per_worker=threads, host="127.0.0.1", **http)
     # It becomes the default client: xgboost.dask looks one up even when given a client.
     with cluster, Client(cluster) as client:

@@ -119,3 +119,20 @@ def test_workers_that_cannot_read_the_workspace_stop_the_run(two_machines):
 def test_local_clusters_are_not_probed(tmp_path):
     with dask_cluster(ClusterConfig(kind="local", n_workers=1, threads_per_worker=1)) as handle:
         check_shared_folder(handle, str(tmp_path / "not-even-there"))
+
+
+def test_each_local_cluster_gets_its_own_thread_settings():
+    """Dask's Nanny writes the worker settings into this process's environment while it spawns,
+    and the environment outranks the next cluster's config: two runs in one process (the test
+    harness, a long-lived worker) must not inherit each other's threads."""
+    import os
+
+    def omp():
+        return os.environ.get("OMP_NUM_THREADS")
+
+    before = os.environ.get("OMP_NUM_THREADS")
+    for threads in (1, 2):
+        cfg = ClusterConfig(kind="local", n_workers=1, threads_per_worker=threads)
+        with dask_cluster(cfg) as handle:
+            assert list(handle.client.run(omp).values()) == [str(threads)]
+        assert os.environ.get("OMP_NUM_THREADS") == before
