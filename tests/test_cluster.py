@@ -25,19 +25,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _without(folder: Path, command: str = "true") -> list[str]:
+    """`command` in a mount namespace of its own where `folder` is an empty tmpfs: a machine
+    without the shared storage."""
+    script = f"mount -t tmpfs none {folder} && exec {command}"
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script]
+
+
 def _can_unshare(folder: Path) -> bool:
-    probe = subprocess.run(
-        [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            f"mount -t tmpfs none {folder}",
-        ],
-        capture_output=True,
-    )
+    probe = subprocess.run(_without(folder), capture_output=True)
     return probe.returncode == 0
 
 
@@ -81,21 +77,7 @@ def two_machines(tmp_path):
     time.sleep(1)
     procs.append(subprocess.Popen(worker, stderr=subprocess.DEVNULL))
     # the other machine: the same path, but its own (empty) folder there
-    elsewhere = " ".join(worker)
-    procs.append(
-        subprocess.Popen(
-            [
-                "unshare",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                f"mount -t tmpfs none {workspace} && exec {elsewhere}",
-            ],
-            stderr=subprocess.DEVNULL,
-        )
-    )
+    procs.append(subprocess.Popen(_without(workspace, " ".join(worker)), stderr=subprocess.DEVNULL))
     try:
         yield address, workspace
     finally:
