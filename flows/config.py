@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -86,13 +87,22 @@ def load_config(
 def preset_values(key: str) -> str:
     """`default 100, fraud 300, ...`: one config value of every preset, for the Prefect form's
     field descriptions (the form shows what an empty field means)."""
+    return ", ".join(
+        f"{name} {'its own' if flat.get(key) is None else flat[key]}"
+        for name, flat in _presets_flat().items()
+    )
+
+
+@functools.cache
+def _presets_flat() -> dict[str, dict[str, Any]]:
+    """Every valid preset, flattened to dotted keys; read once per process (the flow modules
+    ask for several fields at import)."""
     from tasks.tracking import flatten
 
-    shown = []
+    flat = {}
     for name in Preset.__members__:
         try:
-            value = flatten(load_config(name).model_dump(mode="json")).get(key)
+            flat[name] = flatten(load_config(name).model_dump(mode="json"))
         except ConfigError:
             continue
-        shown.append(f"{name} {'its own' if value is None else value}")
-    return ", ".join(shown)
+    return flat

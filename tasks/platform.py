@@ -126,18 +126,18 @@ class State:
         )
 
 
-def home_dir(cwd: Path | None = None) -> Path:
+def home_dir() -> Path:
     """`$GLASSBOX_HOME`, else `.glassbox` in the working folder."""
     env = os.environ.get(HOME_ENV)
-    return Path(env).expanduser().resolve() if env else (cwd or Path.cwd()).resolve() / ".glassbox"
+    return Path(env).expanduser().resolve() if env else Path.cwd().resolve() / ".glassbox"
 
 
-def sqlite_path(uri: str, cwd: Path | None = None) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The database file of a `sqlite:///` URI, absolute (None for other stores)."""
     if not uri.startswith("sqlite:///"):
         return None
     path = Path(uri.removeprefix("sqlite:///")).expanduser()
-    return path if path.is_absolute() else ((cwd or Path.cwd()) / path).resolve()
+    return path if path.is_absolute() else (Path.cwd() / path).resolve()
 
 
 def worker_threads(settings: Settings) -> int:
