@@ -10,10 +10,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from flows.config import CONF_DIR, Preset, load_config, parse_assignment, preset_path
+from flows.config import (
+    CONF_DIR,
+    Preset,
+    load_config,
+    model_name,
+    parse_assignment,
+    preset_path,
+)
 from tasks import platform
 from tasks.config import ConfigError
-from tasks.datasets import check_source, dataset_name
+from tasks.datasets import check_source
 from tasks.platform import Ports
 
 
@@ -74,11 +81,29 @@ def main(argv: list[str] | None = None) -> int:
     )
     up_cmd.add_argument("--no-deploy", action="store_true", help="do not deploy prefect.yaml")
     _set_option(up_cmd)
+    app_cmd = commands.add_parser(
+        "app", help="a live what-if page for a registered model, on 127.0.0.1"
+    )
+    app_cmd.add_argument(
+        "model",
+        nargs="?",
+        help="models:/<name>@<alias>, models:/<name>/<version> or an MLflow run id (default: "
+        "the preset's model @champion, else its latest version)",
+    )
+    app_cmd.add_argument(
+        "--preset",
+        default="default",
+        help="the preset (or YAML) whose model and tracking store to use (default: default)",
+    )
+    app_cmd.add_argument("--port", type=int, default=7860, help="port (default 7860)")
+    _set_option(app_cmd)
     commands.add_parser("down", help="stop what `glassbox up` started")
     commands.add_parser("status", help="the local platform's parts, pids and addresses")
     args = parser.parse_args(argv)
     if args.command in ("up", "down", "status"):
         return _platform(args)
+    if args.command == "app":
+        return _app(args)
     _use_platform()
     try:
         overrides = dict(parse_assignment(text) for text in args.overrides)
@@ -168,6 +193,34 @@ def _platform(args: argparse.Namespace) -> int:
     return 0
 
 
+def _app(args: argparse.Namespace) -> int:
+    """Open the model (a bad name or store is one line, before any server starts), then serve
+    its page until Ctrl-C."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        print("glassbox: the app needs gradio: pip install -e '.[app]'", file=sys.stderr)
+        return 2
+    from whatif.page import open_model, serve
+
+    try:
+        overrides = dict(parse_assignment(text) for text in args.overrides)
+        cfg = platform.for_run(
+            load_config(str(preset_path(args.preset)), overrides), platform.running()
+        )
+        opened = open_model(args.model, model_name(cfg), cfg.tracking)
+    except ConfigError as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"Glassbox what-if page for {opened.ref.uri}: http://127.0.0.1:{args.port}/ "
+        "(Ctrl-C stops it)",
+        flush=True,
+    )
+    serve(opened, args.port)
+    return 0
+
+
 def _set_option(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument(
         "--set",
@@ -184,7 +237,7 @@ def _preset_of(model: str) -> Path:
     for name in Preset.__members__:
         path = preset_path(name)
         cfg = load_config(str(path))
-        if (cfg.tracking.model_name or f"glassbox-{dataset_name(cfg.data.source)}") == model:
+        if model_name(cfg) == model:
             return path
     raise ConfigError(
         f"no preset registers '{model}': pass --config with the data to judge the promotion on"

@@ -106,3 +106,10 @@ def _presets_flat() -> dict[str, dict[str, Any]]:
         except ConfigError:
             continue
     return flat
+
+
+def model_name(cfg: PipelineConfig) -> str:
+    """The registered model's name: `tracking.model_name`, or glassbox-<data set name>."""
+    from tasks.datasets import dataset_name
+
+    return cfg.tracking.model_name or f"glassbox-{dataset_name(cfg.data.source)}"

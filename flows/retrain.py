@@ -20,7 +20,7 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from flows.config import Preset
+from flows.config import Preset, model_name
 from flows.train import (
     PRESET,
     SOURCE,
@@ -28,7 +28,6 @@ from flows.train import (
     _config_from_parameters,
     _end_mlflow_run,
     check_and_load,
-    model_name,
     train_loaded,
 )
 from tasks import tracking

@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from flows.config import Preset, load_config, preset_values
+from flows.config import Preset, load_config, model_name, preset_values
 from tasks import platform, tracking
 from tasks.cluster import background_cluster, check_shared_folder
 from tasks.config import ConfigError, PipelineConfig
@@ -163,11 +163,6 @@ def check_and_load(cfg: PipelineConfig) -> Loaded:
     return loaded
 
 
-def model_name(cfg: PipelineConfig) -> str:
-    """The registered model's name: `tracking.model_name`, or glassbox-<data set name>."""
-    return cfg.tracking.model_name or f"glassbox-{dataset_name(cfg.data.source)}"
-
-
 def train_loaded(
     cfg: PipelineConfig, loaded: Loaded, extra_tags: dict[str, str] | None = None
 ) -> dict[str, Any]:
@@ -197,7 +192,9 @@ def train_loaded(
     ):
         tracking.log_params(run.run_id, tracking.flatten(cfg.model_dump(mode="json")))
         card = _report(run, cfg)
-        recording = record_data.submit(loaded, workspace, run.run_id)
+        recording = record_data.submit(
+            loaded, workspace, run.run_id, cfg.explain.app_rows, cfg.split.seed
+        )
         cluster = starting.result()
         check_shared_folder(cluster, workspace)
         if cluster.dashboard:
@@ -214,6 +211,7 @@ def train_loaded(
             cfg.evaluate.threshold,
             run.run_id,
             splits["train"],
+            loaded.inputs,
         )
         explaining = (
             explain_model.submit(

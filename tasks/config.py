@@ -246,6 +246,12 @@ class ExplainConfig(_Stage):
     interaction_rows: int = Field(
         0, ge=0, description="SHAP interaction values for this many rows, as a heatmap (0: off)"
     )
+    app_rows: int = Field(
+        10_000,
+        ge=0,
+        description="raw test rows kept with the run for `glassbox app` to start from "
+        "(data/test_rows.parquet; rare classes whole, the rest sampled; 0: none)",
+    )
     lime: bool = Field(True, description="LIME for the rows explained locally, compared with SHAP")
     lime_samples: int = Field(5_000, ge=100, description="LIME's perturbed samples per row")
     lime_train_rows: int = Field(

@@ -21,12 +21,20 @@ from sklearn.model_selection import train_test_split
 from tasks import tracking
 from tasks.config import ConfigError, DataConfig, SplitConfig, TaskType
 from tasks.datasets import batch_seed, inject_drift, load_source, not_a_column
-from tasks.preprocess import ColumnProfile, Spec, clean_target, profile_columns, transform
+from tasks.preprocess import (
+    ColumnProfile,
+    Spec,
+    clean_target,
+    describe_inputs,
+    profile_columns,
+    transform,
+)
 from tasks.row_picking import check_requested
 
 ROW_ID = "row_id"
 SPLITS = ("train", "valid", "test")
 EXAMPLE_FILE = "raw_example.parquet"
+TEST_ROWS = "data/test_rows.parquet"  # raw test rows kept with the run (`glassbox app`)
 # Integer targets with at most this many distinct values are taken as classes under task=auto.
 MAX_AUTO_CLASSES = 20
 
@@ -228,6 +236,29 @@ def split_frame(data: pd.DataFrame, info: DatasetInfo, cfg: SplitConfig) -> dict
     return {"train": train, "valid": valid, "test": test}
 
 
+def kept_test_rows(
+    rows: pd.DataFrame, target: pd.Series, *, cap: int, seed: int, classes: bool
+) -> pd.DataFrame:
+    """The raw test rows (and their target, as the user knows it) kept with the run so that
+    `glassbox app` can start from real rows: all of them when they fit in `cap`; otherwise every
+    row of a class rarer than a tenth of `cap` (the frauds of a fraud data set), the rest a
+    seeded sample. In the split's order; text columns as text (a column of mixed cells is one
+    type in Parquet)."""
+    kept = rows.assign(**{str(target.name): target})
+    if len(kept) > cap:
+        rng = np.random.default_rng(seed)
+        whole = np.zeros(len(kept), dtype=bool)
+        if classes:
+            counts = target.value_counts()
+            whole = target.isin(counts.index[counts <= cap / 10]).to_numpy()
+        rest = np.flatnonzero(~whole)
+        room = max(cap - int(whole.sum()), 0)
+        whole[rng.choice(rest, min(room, len(rest)), replace=False)] = True
+        kept = kept[whole]
+    text = [c for c in kept.columns if kept[c].dtype == object]
+    return kept.astype({c: "string" for c in text})
+
+
 def split_summary(parts: dict[str, pd.DataFrame], info: DatasetInfo) -> dict[str, float]:
     """Rows per split, and for classification each class's share of each split."""
     out: dict[str, float] = {}
@@ -272,6 +303,8 @@ class Loaded:
     # The test split's rows as read (by row id, target left out): what a served model is fed
     # when champion and challenger are scored on the same rows.
     test_rows: pd.DataFrame | None = None
+    # The raw inputs as training saw them (`preprocess.describe_inputs`), kept with the model.
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @task(name="load-data", cache_policy=NO_CACHE)
@@ -293,6 +326,7 @@ def load_data(cfg: DataConfig, split: SplitConfig, row_ids: tuple[Any, ...] = ()
     example = frame.loc[:, [c.name for c in info.spec.columns]].head(5)
     by_id = frame.set_index(cfg.id_column) if cfg.id_column else frame.reset_index(drop=True)
     test_rows = by_id.drop(columns=[info.target]).loc[parts["test"].index]
+    inputs = describe_inputs(by_id.loc[parts["train"].index], info.spec)
     logger = get_run_logger()
     logger.info(
         "Loaded %s: %d rows, %d columns -> %d features, task %s%s",
@@ -305,19 +339,36 @@ def load_data(cfg: DataConfig, split: SplitConfig, row_ids: tuple[Any, ...] = ()
     )
     for line in profile_warnings(info.profile):
         logger.warning(line)
-    return Loaded(data, info, parts, example, test_rows)
+    return Loaded(data, info, parts, example, test_rows, inputs)
 
 
 @task(name="record-data", cache_policy=NO_CACHE)
-def record_data(loaded: Loaded, workspace: str, run_id: str) -> dict[str, str]:
+def record_data(
+    loaded: Loaded, workspace: str, run_id: str, keep_rows: int = 0, seed: int = 0
+) -> dict[str, str]:
     """Write the splits (and the raw example) into the workspace as Parquet; log the data set,
-    its description, the profile and each split's class balance. Returns the splits' paths."""
+    its description, the profile, each split's class balance and up to `keep_rows` raw test
+    rows (`kept_test_rows`). Returns the splits' paths."""
     info = loaded.info
     paths = {}
     for split, part in loaded.parts.items():
         paths[split] = str(Path(workspace) / f"{split}.parquet")
         part.to_parquet(paths[split])
     loaded.example.to_parquet(Path(workspace) / EXAMPLE_FILE)
+    if keep_rows and loaded.test_rows is not None:
+        y = loaded.parts["test"][info.target]
+        target = (
+            pd.Series(np.asarray(info.classes, dtype=object)[y.to_numpy()], index=y.index)
+            if info.classes
+            else y
+        ).rename(info.target)
+        columns = [c.name for c in info.spec.columns]
+        kept = kept_test_rows(
+            loaded.test_rows[columns], target, cap=keep_rows, seed=seed, classes=bool(info.classes)
+        )
+        path = Path(workspace) / Path(TEST_ROWS).name
+        kept.to_parquet(path)
+        tracking.log_file(run_id, path, str(Path(TEST_ROWS).parent))
     tracking.log_dataset(
         run_id, loaded.data, name=info.name, source=info.source, target=info.target
     )

@@ -342,6 +342,44 @@ def _date_parts(dates: pd.Series) -> tuple[str, ...]:
     return tuple(varying)
 
 
+def describe_inputs(rows: pd.DataFrame, spec: Spec) -> dict[str, Any]:
+    """What each raw input looked like in training, as a person would set it by hand: numbers'
+    range and quartiles (and whether they are whole), categories by frequency, dates' range,
+    and the share of missing cells. JSON-able; it travels with the logged model so that an
+    input form can be built from the model alone (`glassbox app`)."""
+    tokens = spec.missing_tokens
+    out: dict[str, Any] = {"rows": len(rows), "columns": {}}
+    for column in spec.columns:
+        s = rows[column.name]
+        entry: dict[str, Any] = {"kind": column.kind}
+        if column.kind == "number":
+            values = _to_number(s, tokens)
+            present = values.dropna().to_numpy()
+            quantiles = np.quantile(present, [0, 0.25, 0.5, 0.75, 1]) if present.size else []
+            entry.update(
+                zip(("min", "q1", "median", "q3", "max"), map(float, quantiles), strict=False)
+            )
+            entry["integer"] = bool(present.size and np.all(present == np.round(present)))
+        elif column.kind == "category":
+            text = _text(s, tokens)
+            counts = text.value_counts()
+            entry["counts"] = {str(k): int(v) for k, v in counts.items()}
+            values = text
+        else:
+            values = _to_datetime(s, tokens)
+            present_dates = values.dropna()
+            if len(present_dates):
+                entry.update(
+                    min=present_dates.min().isoformat(),
+                    median=present_dates.sort_values().iloc[len(present_dates) // 2].isoformat(),
+                    max=present_dates.max().isoformat(),
+                )
+            entry["time"] = "hour" in column.parts
+        entry["missing"] = float(values.isna().mean()) if len(values) else 0.0
+        out["columns"][column.name] = entry
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Applying
 

@@ -328,6 +328,9 @@ class GlassboxModel(PythonModel):  # type: ignore[misc]
         # The drift check's summary of the training data (models logged before it have none).
         ref = context.artifacts.get("reference")
         self.reference = json.loads(Path(ref).read_text()) if ref else None
+        # The raw inputs as training saw them (`glassbox app`'s form; older models have none).
+        inputs = context.artifacts.get("inputs")
+        self.inputs = json.loads(Path(inputs).read_text()) if inputs else None
 
     def predict(
         self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None
@@ -380,6 +383,7 @@ def log_glassbox_model(
     *,
     metadata: dict[str, Any] | None = None,
     reference: dict[str, Any] | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> LoggedModel:
     """Log the pyfunc model (booster in XGBoost's UBJSON format + the model card) into the
     run's own experiment and artifact location, linked to the run (registered separately, once
@@ -410,12 +414,13 @@ def log_glassbox_model(
         card_path = Path(tmp) / "card.json"
         card_path.write_text(card.to_json())
         artifacts = {"booster": booster_path, "card": str(card_path)}
-        if reference is not None:
-            import json
+        import json
 
-            ref_path = Path(tmp) / "reference.json"
-            ref_path.write_text(json.dumps(reference))
-            artifacts["reference"] = str(ref_path)
+        for key, summary in (("reference", reference), ("inputs", inputs)):
+            if summary:
+                path = Path(tmp) / f"{key}.json"
+                path.write_text(json.dumps(summary))
+                artifacts[key] = str(path)
         info = mlflow.pyfunc.log_model(
             name="model",
             # Models from code: MLflow runs this file at load time instead of unpickling.
@@ -573,6 +578,7 @@ class LoadedModel:
     card: Any  # tasks.serving.ModelCard
     booster: Any
     reference: dict[str, Any] | None  # the drift check's summary of its training data
+    inputs: dict[str, Any] | None = None  # the raw inputs as training saw them
 
 
 def load_registered(name: str, version: str) -> LoadedModel:
@@ -584,8 +590,133 @@ def load_registered(name: str, version: str) -> LoadedModel:
     inner = model.unwrap_python_model()
     run_id = MlflowClient().get_model_version(name, version).run_id
     return LoadedModel(
-        uri, version, run_id, model, inner.card, inner.booster, getattr(inner, "reference", None)
+        uri,
+        version,
+        run_id,
+        model,
+        inner.card,
+        inner.booster,
+        getattr(inner, "reference", None),
+        getattr(inner, "inputs", None),
     )
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a user asked for, resolved: where MLflow loads it from, its registry entry
+    (if any) and the run that trained it."""
+
+    uri: str
+    name: str | None
+    version: str | None
+    run_id: str | None
+    aliases: tuple[str, ...] = ()
+    note: str = ""  # said on the page: e.g. the champion was asked for and there is none
+
+
+def resolve_model(asked: str | None, default_name: str) -> ModelRef:
+    """`models:/<name>@<alias>`, `models:/<name>/<version>`, an MLflow run id, or (None) the
+    champion of `default_name`, else its latest version (with a note saying so).
+
+    Raises:
+        ConfigError: naming what is not there (model, alias, version or run).
+    """
+    from mlflow.exceptions import MlflowException
+
+    from tasks.config import ConfigError
+
+    client = MlflowClient()
+    where = mlflow.get_tracking_uri()
+    note = ""
+    if asked and not asked.startswith("models:/"):
+        try:
+            run = client.get_run(asked)
+        except MlflowException:
+            raise ConfigError(
+                f"model: '{asked}' is neither a models:/ URI nor a run id in {where}"
+            ) from None
+        versions = client.search_model_versions(f"run_id = '{asked}'")
+        if versions:
+            v = max(versions, key=lambda v: int(v.version))
+            return _version_ref(v.name, str(v.version), note)
+        outputs = run.outputs.model_outputs if run.outputs else []
+        if not outputs:
+            raise ConfigError(f"model: run {asked} logged no model")
+        return ModelRef(f"models:/{outputs[-1].model_id}", None, None, asked)
+    if asked is None:
+        name, alias = default_name, "champion"
+    else:
+        body = asked.removeprefix("models:/")
+        name, _, rest = body.partition("@") if "@" in body else (body, "", "")
+        if "@" in body:
+            alias = rest
+        else:
+            name, _, version = body.rpartition("/")
+            if not name or not version.isdigit():
+                raise ConfigError(
+                    f"model: '{asked}' is not models:/<name>@<alias> or models:/<name>/<version>"
+                )
+            if not model_exists(name, version):
+                raise ConfigError(f"model: {name} has no version {version} in {where}")
+            return _version_ref(name, version, note)
+    if not model_exists(name):
+        known = ", ".join(registered_models()) or "none yet; run `glassbox train`"
+        raise ConfigError(f"model: no registered model '{name}' in {where} (models: {known})")
+    version = alias_version(name, alias)
+    if version is None:
+        if asked is not None:
+            raise ConfigError(f"model: {name} has no alias @{alias}")
+        latest = model_versions(name)
+        if not latest:
+            raise ConfigError(f"model: {name} has no versions")
+        version = latest[0].version
+        note = f"{name} has no @champion yet: this is its latest version, {version}."
+    return _version_ref(name, version, note)
+
+
+def _version_ref(name: str, version: str, note: str) -> ModelRef:
+    client = MlflowClient()
+    v = client.get_model_version(name, version)
+    aliases = tuple(
+        sorted(a for a, n in client.get_registered_model(name).aliases.items() if str(n) == version)
+    )
+    return ModelRef(f"models:/{name}/{version}", name, version, v.run_id, aliases, note)
+
+
+def load_pyfunc(uri: str) -> Any:
+    """The Glassbox model behind a models:/ URI, as MLflow loads it (its `GlassboxModel`)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return mlflow.pyfunc.load_model(uri).unwrap_python_model()
+
+
+def run_summary(run_id: str) -> dict[str, Any]:
+    """A run's name, experiment, metrics and params, for a model card."""
+    run = MlflowClient().get_run(run_id)
+    return {
+        "name": run.info.run_name,
+        "experiment_id": run.info.experiment_id,
+        "metrics": dict(run.data.metrics),
+        "params": dict(run.data.params),
+    }
+
+
+def run_artifact(run_id: str, artifact_path: str, dst: str | Path) -> Path | None:
+    """One artifact of a run downloaded into `dst`, or None when the run has no such file."""
+    import os
+
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return Path(
+            mlflow.artifacts.download_artifacts(
+                run_id=run_id, artifact_path=artifact_path, dst_path=str(dst)
+            )
+        )
+    except (MlflowException, OSError):
+        return None
 
 
 def run_link(run_id: str, ui_url: str | None) -> str | None:

@@ -320,9 +320,11 @@ def log_model(
     threshold: float,
     run_id: str,
     train_path: str | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> tracking.LoggedModel:
     """Log the model MLflow serves (booster + preprocessing + calibration + label names), with
-    the drift check's summary of its training split (`train_path`) inside."""
+    the drift check's summary of its training split (`train_path`) and the raw inputs as
+    training saw them (`inputs`, for `glassbox app`) inside."""
     card = ModelCard(
         task=info.task,
         spec=info.spec,
@@ -352,6 +354,7 @@ def log_model(
         pd.read_parquet(example_path),
         metadata=metadata,
         reference=reference,
+        inputs=inputs,
     )
     get_run_logger().info("Logged model %s", logged.uri)
     return logged
