@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e ".[dev]"
+	$(VENV)/bin/pip install --quiet -e ".[dev,app]"
 	touch $(STAMP)
 
 train: $(STAMP)
@@ -19,8 +19,8 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check flows tasks tests benchmarks
-	$(VENV)/bin/ruff format --check flows tasks tests benchmarks
+	$(VENV)/bin/ruff check flows tasks tests benchmarks whatif
+	$(VENV)/bin/ruff format --check flows tasks tests benchmarks whatif
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)

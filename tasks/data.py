@@ -250,7 +250,7 @@ def kept_test_rows(
         whole = np.zeros(len(kept), dtype=bool)
         if classes:
             counts = target.value_counts()
-            whole = target.isin(counts.index[counts <= cap / 10]).to_numpy()
+            whole = target.isin(counts.index[counts <= cap / 10]).to_numpy().copy()
         rest = np.flatnonzero(~whole)
         room = max(cap - int(whole.sum()), 0)
         whole[rng.choice(rest, min(room, len(rest)), replace=False)] = True

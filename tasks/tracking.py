@@ -662,16 +662,16 @@ def resolve_model(asked: str | None, default_name: str) -> ModelRef:
     if not model_exists(name):
         known = ", ".join(registered_models()) or "none yet; run `glassbox train`"
         raise ConfigError(f"model: no registered model '{name}' in {where} (models: {known})")
-    version = alias_version(name, alias)
-    if version is None:
+    found = alias_version(name, alias)
+    if found is None:
         if asked is not None:
             raise ConfigError(f"model: {name} has no alias @{alias}")
         latest = model_versions(name)
         if not latest:
             raise ConfigError(f"model: {name} has no versions")
-        version = latest[0].version
-        note = f"{name} has no @champion yet: this is its latest version, {version}."
-    return _version_ref(name, version, note)
+        found = latest[0].version
+        note = f"{name} has no @champion yet: this is its latest version, {found}."
+    return _version_ref(name, found, note)
 
 
 def _version_ref(name: str, version: str, note: str) -> ModelRef:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+from pathlib import Path
 
 # Before Prefect is imported: the temporary server's telemetry heartbeat fights over its sqlite.
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -132,3 +134,36 @@ def pytest_runtest_makereport(item, call):
     outcome = yield
     report = outcome.get_result()
     setattr(item, f"rep_{report.when}", report)
+
+
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "mlruns" / "test-screenshots"
+
+
+@pytest.fixture
+def page(request):
+    """A page in Debian's chromium driven by Playwright; a screenshot when the test fails."""
+    if shutil.which("chromium") is None:
+        pytest.skip("chromium is not installed (.ci/run installs it: apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGS)
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(30_000)
+        page = context.new_page()
+        yield page
+        if request.node.rep_call.failed:
+            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            for i, open_page in enumerate(context.pages):
+                shot = SCREENSHOTS / f"{request.node.name}-{i}.png"
+                open_page.screenshot(path=str(shot), full_page=True)
+                print(f"screenshot: {shot} ({open_page.url})")
+        browser.close()

@@ -120,7 +120,7 @@ def to_row(form: list[InputField], values: dict[str, Any]) -> pd.DataFrame:
         if is_missing(value):
             row[f.name] = np.nan if f.kind == "number" else None
         elif f.kind == "number":
-            row[f.name] = float(value)
+            row[f.name] = float(value)  # type: ignore[arg-type]
         else:
             row[f.name] = str(value)
     frame = pd.DataFrame([row])

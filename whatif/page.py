@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -114,7 +115,14 @@ def _picks(whatif: WhatIf, rows: pd.DataFrame, target: str | None) -> list[tuple
         known = {c: k for k, c in enumerate(card.classes)}
         y = np.array([known.get(str(v), -1) for v in rows[target]])
     rules = ExplainConfig(random_rows=0, row_ids=())
-    chosen = select_rows(rows.index.to_numpy(), y, scores, card.task, rules, card.threshold)
+    chosen = select_rows(
+        rows.index.to_numpy(),
+        y,
+        scores,
+        card.task,  # type: ignore[arg-type]
+        rules,
+        card.threshold,
+    )
     out = []
     position = {str(i): k for k, i in enumerate(rows.index)}
     for rule, ids in chosen.items():
@@ -145,7 +153,7 @@ def model_card(
         metrics = run["metrics"]
         headline = " · ".join(
             f"{k.removeprefix('test_')} **{metrics[k]:.4g}**"
-            for k in HEADLINE.get(task, ())
+            for k in HEADLINE.get(task, ())  # type: ignore[call-overload]
             if k in metrics
         )
         ui = cfg.ui_url or (cfg.uri if cfg.uri.startswith("http") else None)
@@ -159,6 +167,35 @@ def model_card(
         )
         lines.append(f"\n{kept} · store `{cfg.uri}`")
     return "\n".join(lines)
+
+
+def respond(start: Explained, now: Explained, where: str, threshold: float | None) -> list[Any]:
+    """The page's answer to an input: prediction, waterfall, change from the start (HTML), and
+    the numbers (JSON, with the server time this answer took)."""
+    begun = time.perf_counter()
+    changes = difference(start, now)
+    out: list[Any] = [
+        render.STYLE + render.prediction(now, threshold),
+        render.waterfall(now),
+        render.change(start, now, changes, where),
+        to_json(now, changes),
+    ]
+    out[3]["server_ms"] = round(now.server_ms + (time.perf_counter() - begun) * 1000, 2)
+    return out
+
+
+def edited(
+    opened: Opened, state: dict[str, Any], values: dict[str, Any], explained: str | None
+) -> list[Any]:
+    """An edit: explain the new input (for the class asked for) against the starting row."""
+    whatif = opened.whatif
+    now = whatif.explain(opened.form, values, explained)
+    start = state["explained"]
+    if start.explained != now.explained:  # another class asked for: explain the start so
+        start = whatif.explain(opened.form, start.values, now.explained)
+        state["explained"] = start
+    threshold = whatif.card.threshold if whatif.card.task == "binary" else None
+    return respond(start, now, state["where"], threshold)
 
 
 # --------------------------------------------------------------------------------------------
@@ -187,6 +224,7 @@ def build(opened: Opened) -> Any:
     slots: list[Slot] = []
 
     def add(f: InputField) -> None:
+        main: Any
         if f.kind == "number":
             main = gr.Slider(
                 f.minimum, f.maximum, value=f.default, step=f.step, label=f.name, info=f.info
@@ -230,13 +268,7 @@ def build(opened: Opened) -> Any:
         return out
 
     def show(start: Explained, now: Explained, where: str) -> list[Any]:
-        changes = difference(start, now)
-        return [
-            render.STYLE + render.prediction(now, threshold),
-            render.waterfall(now),
-            render.change(start, now, changes, where),
-            to_json(now, changes),
-        ]
+        return respond(start, now, where, threshold)
 
     def start_from(values: dict[str, Any], where: str, explained: str | None) -> list[Any]:
         # A new start explains the positive class (binary) or the class the model predicts
@@ -273,13 +305,7 @@ def build(opened: Opened) -> Any:
         return start_from({f.name: f.default for f in form}, opened.start_label, explained)
 
     def update(state: dict[str, Any], explained: str | None, *flat: Any) -> list[Any]:
-        values = values_of(flat)
-        now = whatif.explain(form, values, explained)
-        start = state["explained"]
-        if start.explained != now.explained:  # another class asked for: explain the start so
-            start = whatif.explain(form, start.values, now.explained)
-            state["explained"] = start
-        return show(start, now, state["where"])
+        return edited(opened, state, values_of(flat), explained)
 
     def run_lime(explained: str | None, *flat: Any) -> str:
         if opened.lime is None:
@@ -359,18 +385,13 @@ def build(opened: Opened) -> Any:
 
 
 def serve(opened: Opened, port: int, *, block: bool = True) -> Any:
-    """Serve the page on 127.0.0.1:`port` with no share link, telemetry or version check:
-    nothing leaves the machine. Returns the page (when not blocking)."""
+    """Serve the page on 127.0.0.1:`port` with no share link, telemetry or version check
+    (Gradio's default theme carries its fonts): nothing leaves the machine. Returns the page
+    (when not blocking)."""
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    import gradio as gr
 
     page = build(opened)
-    # System fonts: the default theme fetches its font from Google.
-    theme = gr.themes.Default(
-        font=["ui-sans-serif", "system-ui", "sans-serif"],
-        font_mono=["ui-monospace", "monospace"],
-    )
     page.queue(default_concurrency_limit=2)
     page.launch(
         server_name="127.0.0.1",
@@ -382,7 +403,6 @@ def serve(opened: Opened, port: int, *, block: bool = True) -> Any:
         quiet=True,
         enable_monitoring=False,
         prevent_thread_lock=not block,
-        theme=theme,
         footer_links=[],
         mcp_server=False,
         pwa=False,

@@ -74,10 +74,12 @@ def waterfall(e: Explained, top: int = 10) -> str:
     """SHAP's waterfall of one input: from the model's average output, each input's push up
     (red) or down (blue), the largest first, the rest summed, to this input's output."""
     items = sorted(e.contributions.items(), key=lambda kv: -abs(kv[1]))
-    shown_items = [(name, value, shown(e.values.get(name))) for name, value in items[:top]]
+    shown_items: list[tuple[str, float, str | None]] = [
+        (name, value, shown(e.values.get(name))) for name, value in items[:top]
+    ]
     rest = items[top:]
     if rest:
-        shown_items.append((f"{len(rest)} other inputs", sum(v for _, v in rest), None))
+        shown_items.append((f"{len(rest)} other inputs", float(sum(v for _, v in rest)), None))
     points = [e.base]
     for _, value, _ in shown_items:
         points.append(points[-1] + value)
