@@ -29,8 +29,8 @@ STYLE = """
 .gb-pred .meter {background: #eee; height: 12px; border-radius: 6px; overflow: hidden;}
 .gb-pred .fill {height: 12px; background: #555;}
 .gb-diff table, .gb-lime table {border-collapse: collapse; width: 100%;}
-.gb-diff td, .gb-diff th, .gb-lime td, .gb-lime th {padding: 2px 6px; text-align: left;
-  border-bottom: 1px solid #eee;}
+.gb-diff table td, .gb-diff table th, .gb-lime table td, .gb-lime table th {padding: 2px 6px;
+  text-align: left; border: 0 !important; border-bottom: 1px solid #e5e5e5 !important;}
 .gb-diff td.n, .gb-lime td.n {text-align: right; font-variant-numeric: tabular-nums;}
 .gb-note {color: #666; font-size: 12px;}
 </style>
