@@ -199,3 +199,38 @@ def test_a_user_moves_a_slider_and_sees_the_prediction_and_waterfall_change(app,
     expect(page.get_by_test_id("change")).not_to_contain_text("(edited)")
     # Nothing was fetched from anywhere but the app itself (no fonts, no telemetry).
     assert hosts == {f"127.0.0.1:{app['port']}"}, hosts
+
+
+def test_models_are_found_by_alias_version_or_run_and_misses_are_named(trained, store):
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+    from tasks.config import ConfigError, TrackingConfig
+
+    tracking.configure(TrackingConfig(uri=store["tracking.uri"]))
+    name, version = trained["registered_model"], trained["model_version"]
+    default = tracking.resolve_model(None, name)
+    assert (default.version, default.run_id) == (version, trained["run_id"])
+    assert "no @champion yet" in default.note
+    by_run = tracking.resolve_model(trained["run_id"], "unused")
+    assert (by_run.name, by_run.version) == (name, version)
+    tracking.set_alias(name, "champion", version)
+    champion = tracking.resolve_model(f"models:/{name}@champion", "unused")
+    assert champion.aliases == ("champion",) and not champion.note
+    for asked, said in [
+        (f"models:/{name}@nope", "has no alias @nope"),
+        (f"models:/{name}/99", "has no version 99"),
+        ("0123456789abcdef0123456789abcdef", "neither a models:/ URI nor a run id"),
+    ]:
+        with pytest.raises(ConfigError, match=said):
+            tracking.resolve_model(asked, name)
+    MlflowClient().delete_registered_model_alias(name, "champion")
+
+
+def test_a_row_id_that_was_not_kept_is_refused_by_name(app):
+    from gradio_client import Client
+
+    client = Client(app["url"], verbose=False)
+    with pytest.raises(Exception, match="row 'no-such-row' is not among the"):
+        client.predict("no-such-row", None, api_name="/load_row")
+    client.close()
