@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,6 +20,15 @@ os.environ.pop("PREFECT_API_URL", None)
 import numpy as np
 import pandas as pd
 import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+GLASSBOX = str(Path(sys.executable).with_name("glassbox"))  # the CLI as installed
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -144,7 +155,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-SCREENSHOTS = Path(__file__).resolve().parent.parent / "mlruns" / "test-screenshots"
+SCREENSHOTS = ROOT / "mlruns" / "test-screenshots"
 
 
 @pytest.fixture

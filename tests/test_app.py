@@ -5,11 +5,8 @@ Debian's chromium. Its numbers are checked against the registered model as MLflo
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,17 +14,9 @@ import pandas as pd
 import psutil
 import pytest
 
-from tests.conftest import penguins_like
+from tests.conftest import GLASSBOX, ROOT, free_port, penguins_like
 
 pytestmark = pytest.mark.app
-GLASSBOX = str(Path(sys.executable).with_name("glassbox"))
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _env(store: dict[str, str]) -> dict[str, str]:
@@ -54,7 +43,7 @@ def trained(store, prefect_harness, tmp_path_factory):
 def app(trained, store):
     """`glassbox app` (its default model: the data's registered model, latest version) as its
     own process; stopped after the module."""
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [GLASSBOX, "app", "--port", str(port), "--set", f"data.source={trained['csv']}"],
         cwd=ROOT,
@@ -82,7 +71,7 @@ def app(trained, store):
 
 def test_an_unknown_model_is_one_line_and_no_server(trained, store):
     done = subprocess.run(
-        [GLASSBOX, "app", "models:/no-such-model@champion", "--port", str(_free_port())],
+        [GLASSBOX, "app", "models:/no-such-model@champion", "--port", str(free_port())],
         cwd=ROOT,
         env=_env(store),
         capture_output=True,

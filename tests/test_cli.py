@@ -5,12 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-GLASSBOX = str(Path(sys.executable).with_name("glassbox"))
-ROOT = Path(__file__).resolve().parent.parent
+from tests.conftest import GLASSBOX, ROOT
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +84,6 @@ def test_a_bad_data_source_is_one_line_before_prefect_starts(tmp_path):
     """Header-level errors need no Prefect server, cluster or MLflow store: the CLI reports them
     in one line and the store folder is never created."""
     import subprocess
-    import sys
 
     csv_path = tmp_path / "cars.csv"
     csv_path.write_text("Name,MPG,Year\nvw,31,1980-01-01\nford,18,1970-01-01\n")

@@ -20,15 +20,9 @@ import httpx
 import psutil
 import pytest
 
+from tests.conftest import GLASSBOX, ROOT, free_port
+
 pytestmark = pytest.mark.deployment
-GLASSBOX = str(Path(sys.executable).with_name("glassbox"))
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _glassbox(env, *args, timeout=400):
@@ -40,7 +34,7 @@ def _glassbox(env, *args, timeout=400):
 @pytest.fixture(scope="module")
 def up(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("platform")
-    ports = {k: _free_port() for k in ("prefect", "mlflow", "dask", "dashboard")}
+    ports = {k: free_port() for k in ("prefect", "mlflow", "dask", "dashboard")}
     # A user's shell: no store or Prefect API chosen (mlflow.set_tracking_uri in this process
     # exports MLFLOW_TRACKING_URI, which a child would take as the user's choice).
     shell = {
