@@ -13,6 +13,7 @@ from typing import Any
 from flows.config import (
     CONF_DIR,
     Preset,
+    experiment_name,
     load_config,
     model_name,
     parse_assignment,
@@ -109,11 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         overrides = dict(parse_assignment(text) for text in args.overrides)
         if args.command in ("train", "retrain"):
             path = preset_path(args.config)
-            # A bad config or data source fails here, before Prefect starts (seconds sooner).
-            check_source(load_config(str(path), overrides).data)
+            # A bad config, data source or store fails here, before Prefect starts (seconds
+            # sooner).
+            _check(load_config(str(path), overrides))
         elif args.command == "promote":
             path = preset_path(args.config) if args.config else _preset_of(args.model)
-            check_source(load_config(str(path), overrides).data)
+            _check(load_config(str(path), overrides))
         else:
             path = preset_path("default")
             tracking_cfg = load_config(str(path), overrides).tracking
@@ -125,6 +127,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         return _models(tracking_cfg, args.model)
     return _lifecycle(args, path, overrides)
+
+
+def _check(cfg: Any) -> None:
+    """The data's header, then the tracking store (a server that does not answer takes
+    `STORE_TIMEOUT` seconds to say so, not minutes of retries)."""
+    check_source(cfg.data)
+    from tasks import tracking
+
+    tracking.check_store(cfg.tracking, experiment_name(cfg))
 
 
 def _use_platform() -> None:
@@ -208,6 +219,9 @@ def _app(args: argparse.Namespace) -> int:
         cfg = platform.for_run(
             load_config(str(preset_path(args.preset)), overrides), platform.running()
         )
+        from tasks import tracking
+
+        tracking.check_store(cfg.tracking)
         opened = open_model(args.model, model_name(cfg), cfg.tracking)
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)

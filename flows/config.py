@@ -108,6 +108,13 @@ def _presets_flat() -> dict[str, dict[str, Any]]:
     return flat
 
 
+def experiment_name(cfg: PipelineConfig) -> str:
+    """The MLflow experiment: `tracking.experiment`, or glassbox-<data set name>."""
+    from tasks.datasets import dataset_name
+
+    return cfg.tracking.experiment or f"glassbox-{dataset_name(cfg.data.source)}"
+
+
 def model_name(cfg: PipelineConfig) -> str:
     """The registered model's name: `tracking.model_name`, or glassbox-<data set name>."""
     from tasks.datasets import dataset_name

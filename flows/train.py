@@ -18,7 +18,7 @@ from prefect import flow, get_run_logger, runtime
 from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
-from flows.config import Preset, load_config, model_name, preset_values
+from flows.config import Preset, experiment_name, load_config, model_name, preset_values
 from tasks import platform, tracking
 from tasks.cluster import background_cluster, check_shared_folder
 from tasks.config import ConfigError, PipelineConfig
@@ -153,11 +153,13 @@ def run_pipeline(cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def check_and_load(cfg: PipelineConfig) -> Loaded:
-    """Everything checked that can be without training; the data read, validated and split
-    before a cluster starts or an MLflow run exists: a bad input leaves the store as it was."""
+    """Everything checked that can be without training (the tracking store answers and takes
+    files); the data read, validated and split before a cluster starts or an MLflow run exists:
+    a bad input leaves the store as it was."""
     check_params(cfg.train.params)
     check_objective(cfg.data.task, cfg.train.params)
     check_source(cfg.data)
+    tracking.check_store(cfg.tracking, experiment_name(cfg))
     loaded = load_data(cfg.data, cfg.split, cfg.explain.row_ids if cfg.explain.enabled else ())
     check_objective(loaded.info.task, cfg.train.params)
     return loaded
@@ -183,7 +185,7 @@ def train_loaded(
         background_cluster(cfg.cluster) as starting,
         tracking.mlflow_run(
             cfg.tracking,
-            experiment=cfg.tracking.experiment or f"glassbox-{name}",
+            experiment=experiment_name(cfg),
             # One name for the run in both UIs.
             run_name=cfg.tracking.run_name or str(runtime.flow_run.name),
             tags=tags,

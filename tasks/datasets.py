@@ -118,6 +118,7 @@ def check_source(cfg: DataConfig) -> None:
             raise ConfigError(
                 "data.batch and data.inject.positive_rate apply to generated data (builtin:fraud)"
             )
+        _check_named_columns(cfg, _builtin_columns(name))
         return
     if cfg.batch != 0 or cfg.inject.positive_rate is not None:
         raise ConfigError(
@@ -148,6 +149,11 @@ def check_source(cfg: DataConfig) -> None:
         raise ConfigError(
             f"data.target is required for {cfg.source}; columns: {', '.join(header[:40])}"
         )
+    _check_named_columns(cfg, header)
+
+
+def _check_named_columns(cfg: DataConfig, header: list[str]) -> None:
+    """Every column the config names is in the data's header."""
     named = [("data.target", cfg.target), ("data.id_column", cfg.id_column)]
     named += [("data.drop", c) for c in cfg.drop] + [("data.columns", c) for c in cfg.columns]
     named += [("data.inject.shift", c) for c in cfg.inject.shift]
@@ -212,6 +218,14 @@ def load_source(
     if suffix in (".parquet", ".pq"):
         return pd.read_parquet(path), None, path.stem
     raise ConfigError(f"data.source: '{source}' is not a .csv or .parquet file")
+
+
+def _builtin_columns(name: str) -> list[str]:
+    """A built-in data set's columns without generating or loading all of it (sklearn's files
+    are small and local)."""
+    if name == "fraud":
+        return ["Time", *(f"V{i}" for i in range(1, 29)), "Amount", "Class"]
+    return [str(c) for c in _load_sklearn(name)[0].columns]
 
 
 def _load_sklearn(name: str) -> tuple[pd.DataFrame, str]:

@@ -38,14 +38,120 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_\-. /]")
 def configure(cfg: TrackingConfig) -> None:
     """Point MLflow at the configured store; create and migrate a local sqlite store once.
 
-    Runs in one process before any parallel use: concurrent first-time migrations of the same
-    sqlite file corrupt it.
+    Concurrent first-time migrations of one sqlite file break it ("duplicate column name",
+    alembic's "expected to match one row"): processes that open a store take a file lock beside
+    it while MLflow creates or migrates the schema.
     """
-    if cfg.uri.startswith("sqlite:///"):
-        Path(cfg.uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(cfg.uri)
     mlflow.set_registry_uri(cfg.uri)
-    MlflowClient().search_experiments(max_results=1)  # creates/migrates the schema
+    if cfg.uri.startswith("sqlite:///"):
+        db = Path(cfg.uri.removeprefix("sqlite:///"))
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(db.with_name(db.name + ".lock")):
+            MlflowClient().search_experiments(max_results=1)  # creates/migrates the schema
+    else:
+        MlflowClient().search_experiments(max_results=1)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes on one machine (released if the holder dies)."""
+    import fcntl
+
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+STORE_TIMEOUT = 5.0  # seconds a tracking server gets to answer its health check
+
+
+def check_store(cfg: TrackingConfig, experiment: str | None = None) -> None:
+    """The tracking store answers and its folders take files, and an existing `experiment`
+    keeps its artifacts where the config says: checked in at most `STORE_TIMEOUT` seconds,
+    before data is read, a cluster starts or a run exists. Creates no store that is not there.
+
+    Raises:
+        ConfigError: one line naming the key, the address or folder, and the reason.
+    """
+    from tasks.config import ConfigError
+
+    uri = cfg.uri
+    if uri.startswith(("http://", "https://")):
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=STORE_TIMEOUT):
+                pass
+        except urllib.error.HTTPError as exc:
+            if exc.code >= 500:
+                raise ConfigError(
+                    f"tracking.uri: the server at {uri} answers HTTP {exc.code}"
+                ) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ConfigError(
+                f"tracking.uri: no MLflow server answers at {uri} ({reason}); start one "
+                "(`glassbox up`, `mlflow server`) or set tracking.uri"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        if db.is_dir():
+            raise ConfigError(f"tracking.uri: {db} is a folder, not a sqlite file")
+        _check_folder(db.parent, "tracking.uri")
+        if not db.exists():
+            experiment = None  # a new store: every experiment is new
+    if not uri.startswith(("http://", "https://", "databricks")):
+        _check_folder(Path(cfg.artifact_folder), "tracking.artifact_root")
+    if experiment:
+        configure(cfg)
+        exp = MlflowClient().get_experiment_by_name(experiment)
+        if exp is not None:
+            _check_experiment_location(cfg, experiment, exp.artifact_location)
+
+
+def _check_folder(path: Path, key: str) -> None:
+    """`path` is a folder that can be written, or can be made in one."""
+    import os
+
+    from tasks.config import ConfigError
+
+    path = path.expanduser().absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"{key}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}: {existing} is not writable")
+
+
+def _check_experiment_location(cfg: TrackingConfig, experiment: str, location: str | None) -> None:
+    """An existing experiment keeps the artifact location it was created with: say so when it
+    is not the configured one, or cannot take files."""
+    from urllib.parse import unquote, urlparse
+
+    from tasks.config import ConfigError
+
+    if not location:
+        return
+    parsed = urlparse(location)
+    local = parsed.scheme in ("", "file")
+    if cfg.artifact_root and local:
+        configured = Path(cfg.artifact_root).expanduser().resolve()
+        if Path(unquote(parsed.path)).resolve() != configured:
+            raise ConfigError(
+                f"tracking.artifact_root: experiment '{experiment}' keeps its artifacts in "
+                f"{location}, not {configured}; set tracking.experiment to a new name to use "
+                "the new folder"
+            )
+    if local:
+        _check_folder(
+            Path(unquote(parsed.path)),
+            f"tracking: the artifact location of experiment '{experiment}'",
+        )
 
 
 def safe_key(name: str) -> str:
@@ -102,14 +208,7 @@ def mlflow_run(
     """
     configure(cfg)
     client = MlflowClient()
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        location = None
-        if not cfg.uri.startswith(("http://", "https://", "databricks")):
-            location = (Path(cfg.artifact_folder).resolve()).as_uri()
-        experiment_id = client.create_experiment(experiment, artifact_location=location)
-    else:
-        experiment_id = exp.experiment_id
+    experiment_id = _experiment(cfg, experiment)
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     base = cfg.ui_url or (cfg.uri if cfg.uri.startswith(("http://", "https://")) else None)
@@ -123,6 +222,27 @@ def mlflow_run(
         client.set_terminated(run_id, status)
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def _experiment(cfg: TrackingConfig, name: str) -> str:
+    """The experiment's id, made (in the configured artifact folder) if it is new. Runs
+    started together may race to make it: the loser takes the winner's."""
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if not cfg.uri.startswith(("http://", "https://", "databricks")):
+            location = (Path(cfg.artifact_folder).resolve()).as_uri()
+        try:
+            return str(client.create_experiment(name, artifact_location=location))
+        except MlflowException:
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    _check_experiment_location(cfg, name, exp.artifact_location)
+    return str(exp.experiment_id)
 
 
 def mark_failed(flow_run_id: str, reason: str) -> list[str]:

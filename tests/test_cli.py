@@ -44,11 +44,12 @@ def _tracking_args(store):
 
 
 def test_data_error_inside_the_flow_is_one_line_without_traceback(api_env, store):
+    """An error only the loaded data shows (the positive class is not a label)."""
     out = _glassbox(
         "train",
         "fraud",
         "--set",
-        "data.target=Clas",
+        "data.positive_class=fraud",
         "--set",
         "data.rows=2000",
         *_tracking_args(store),
@@ -56,12 +57,8 @@ def test_data_error_inside_the_flow_is_one_line_without_traceback(api_env, store
     )
     assert out.returncode == 2
     assert "Traceback" not in out.stdout + out.stderr
-    assert out.stderr.strip().splitlines()[-1] == (
-        "glassbox: data.target: 'Clas' is not a column; did you mean 'Class'? (columns: Time, V1, "
-        "V2, V3, V4, V5, V6, V7, V8, V9, V10, V11, V12, V13, V14, V15, V16, V17, V18, V19, V20, "
-        "V21, "
-        "V22, V23, V24, V25, V26, V27, V28, Amount, Class)"
-    )
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("glassbox: data.positive_class 'fraud' is not a label of 'Class'"), last
 
 
 def test_train_prints_the_run_id_and_where_to_look(api_env, store, client):
@@ -102,6 +99,11 @@ def test_a_bad_data_source_is_one_line_before_prefect_starts(tmp_path):
                 "data.columns.Nme=drop",
             ],
             "data.columns: 'Nme' is not a column; did you mean 'Name'",
+        ),
+        # A built-in data set's columns are known without generating it.
+        (
+            ["--set", "data.source=builtin:fraud", "--set", "data.target=Clas"],
+            "data.target: 'Clas' is not a column; did you mean 'Class'? (columns: Time, V1,",
         ),
     ]
     for args, message in cases:
@@ -167,3 +169,54 @@ def test_retrain_dry_run_from_the_terminal_moves_no_alias(api_env, store, client
     assert client.get_registered_model("glassbox-breast_cancer").aliases == {}
     listing = _glassbox("models", "glassbox-breast_cancer", *args)
     assert listing.returncode == 0 and "would promote (dry run)" in listing.stdout
+
+
+def test_a_store_that_cannot_be_used_is_one_line_in_seconds(tmp_path):
+    """An MLflow server that does not answer, an artifact folder that is a file, and an
+    existing experiment whose artifacts live elsewhere: one line each, before Prefect starts
+    or a run exists."""
+    import socket
+    import time
+
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+    from tasks.config import TrackingConfig
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("x")
+    store = f"sqlite:///{tmp_path}/store/mlflow.db"
+    tracking.configure(TrackingConfig(uri=store, artifact_root=str(tmp_path / "first")))
+    MlflowClient().create_experiment(
+        "glassbox-breast_cancer", artifact_location=(tmp_path / "first").as_uri()
+    )
+    cases = [
+        (
+            [f"tracking.uri=http://127.0.0.1:{closed}"],
+            f"tracking.uri: no MLflow server answers at http://127.0.0.1:{closed}",
+        ),
+        ([f"tracking.artifact_root={a_file}"], f"tracking.artifact_root: {a_file} is a file"),
+        (
+            [f"tracking.uri={store}", f"tracking.artifact_root={tmp_path / 'second'}"],
+            "tracking.artifact_root: experiment 'glassbox-breast_cancer' keeps its artifacts in "
+            f"{(tmp_path / 'first').as_uri()}, not {tmp_path / 'second'}",
+        ),
+    ]
+    for sets, message in cases:
+        began = time.monotonic()
+        out = _glassbox("train", *(a for kv in sets for a in ("--set", kv)))
+        took = time.monotonic() - began
+        assert out.returncode == 2, out.stderr[-2000:]
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"glassbox: {message}"), out.stderr
+        assert took < 30, f"{took:.0f} s"  # was 263 s for the server that does not answer
+    assert not (tmp_path / "second").exists()
+    assert [
+        r.info.run_id
+        for r in MlflowClient().search_runs(
+            [MlflowClient().get_experiment_by_name("glassbox-breast_cancer").experiment_id]
+        )
+    ] == []
