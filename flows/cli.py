@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +138,28 @@ def _check(cfg: Any) -> None:
     from tasks import tracking
 
     tracking.check_store(cfg.tracking, experiment_name(cfg))
+
+
+INTERRUPTED = "glassbox: interrupted; the MLflow run (if one started) ends KILLED"
+
+
+@contextmanager
+def _prefect_api() -> Iterator[None]:
+    """The Prefect API a command reports to: the user's or the platform's, else a temporary
+    server of the command's own. Unlike Prefect's temporary server, Ctrl-C does not reach it
+    (the interrupted run can still report that it ended) and it dies with the command, even
+    after `kill -9`."""
+    if os.environ.get("PREFECT_API_URL"):
+        yield
+        return
+    from tasks.processes import TEMPORARY_ENV, start_prefect_server
+
+    os.environ.update({"PREFECT_API_URL": start_prefect_server(), TEMPORARY_ENV: "1"})
+    try:
+        yield
+    finally:
+        for key in ("PREFECT_API_URL", TEMPORARY_ENV):
+            os.environ.pop(key, None)
 
 
 def _use_platform() -> None:
@@ -269,6 +293,15 @@ def _preset_args(path: Path) -> dict[str, Any]:
 def _lifecycle(args: argparse.Namespace, path: Path, overrides: dict[str, Any]) -> int:
     """retrain, promote, rollback: Prefect flows (visible in the Prefect UI like train)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        with _prefect_api():
+            return _run_lifecycle(args, path, overrides)
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
+
+
+def _run_lifecycle(args: argparse.Namespace, path: Path, overrides: dict[str, Any]) -> int:
     from flows.retrain import promote, retrain, rollback
 
     result: Any
@@ -384,13 +417,17 @@ def _train(path: Path, overrides: dict[str, Any]) -> int:
     # The temporary Prefect server's telemetry heartbeat contends for its sqlite file and prints
     # "database is locked" tracebacks; a user's own setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.train import train  # Prefect and MLflow load only for a valid config
-
     try:
-        result = train(**_preset_args(path), overrides=overrides)
+        with _prefect_api():
+            from flows.train import train  # Prefect and MLflow load only for a valid config
+
+            result = train(**_preset_args(path), overrides=overrides)
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(INTERRUPTED, file=sys.stderr)
+        return 130
     except Exception as exc:
         print(f"glassbox: train failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

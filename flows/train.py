@@ -179,6 +179,9 @@ def train_loaded(
         **_prefect_link(),
         **(extra_tags or {}),
     }
+    tracking.configure(cfg.tracking)
+    for orphan in tracking.end_orphaned_runs():
+        get_run_logger().warning("MLflow run %s was left RUNNING by a dead process: FAILED", orphan)
     # The cluster's processes start while MLflow's store opens, the run is set up and the data
     # is written and logged.
     with (
@@ -252,8 +255,14 @@ def train_loaded(
 
 @contextmanager
 def _workspace(path: Path) -> Iterator[str]:
-    """The run's folder for the Parquet splits and the model file, removed however it ends."""
+    """The run's folder for the Parquet splits and the model file, removed however it ends;
+    folders that runs killed outright left behind are removed first."""
+    from tasks import processes
+
+    for gone in processes.sweep_workspaces(path.parent):
+        get_run_logger().warning("Removed the workspace of a run whose process died: %s", gone)
     path.mkdir(parents=True, exist_ok=True)
+    processes.claim(path)
     try:
         yield str(path)
     finally:
@@ -280,8 +289,10 @@ def prefect_ui_url() -> str | None:
 
     from prefect.settings import get_current_settings
 
-    if not os.environ.get("PREFECT_API_URL"):
-        return None
+    from tasks.processes import TEMPORARY_ENV
+
+    if not os.environ.get("PREFECT_API_URL") or os.environ.get(TEMPORARY_ENV):
+        return None  # a temporary server has no UI to link to
     ui = get_current_settings().ui_url
     return str(ui) if ui else None
 

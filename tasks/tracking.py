@@ -206,9 +206,14 @@ def mlflow_run(
 
     Whatever was logged before a failure stays in the run.
     """
+    import json
+
+    from tasks import processes
+
     configure(cfg)
     client = MlflowClient()
     experiment_id = _experiment(cfg, experiment)
+    tags = {**tags, PROCESS_TAG: json.dumps(processes.identity())}
     run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     run_id = run.info.run_id
     base = cfg.ui_url or (cfg.uri if cfg.uri.startswith(("http://", "https://")) else None)
@@ -217,11 +222,56 @@ def mlflow_run(
         yield RunRef(run_id, experiment_id, url, run.info.artifact_uri)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        reason = f"{type(exc).__name__}: {exc}"
+        reason = _reason(exc)
         client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         client.set_terminated(run_id, status)
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+def _reason(exc: BaseException) -> str:
+    """Why a run ended early, in words: a signal by name, else the exception."""
+    import signal
+
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted (Ctrl-C, SIGINT)"
+    number = getattr(exc, "signal", None)  # Prefect's TerminationSignal carries it
+    if isinstance(number, int):
+        return f"terminated by {signal.Signals(number).name}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+PROCESS_TAG = "glassbox.process"
+
+
+def end_orphaned_runs() -> list[str]:
+    """Runs left RUNNING by a process of this host that has died (`kill -9`, out of memory, a
+    lost machine): ended FAILED with the reason. Returns their ids."""
+    import json
+
+    from tasks import processes
+
+    client = MlflowClient()
+    ids = [e.experiment_id for e in client.search_experiments()]
+    ended = []
+    for i in range(0, len(ids), 100):
+        for run in client.search_runs(
+            ids[i : i + 100], filter_string="attributes.status = 'RUNNING'", max_results=1000
+        ):
+            try:
+                who = json.loads(run.data.tags[PROCESS_TAG])
+            except (KeyError, ValueError):
+                continue
+            if processes.alive(who) is False:
+                client.set_tag(
+                    run.info.run_id,
+                    FAILURE_TAG,
+                    f"its process (pid {who['pid']} on {who['host']}) died without ending it "
+                    "(kill -9, out of memory?); marked FAILED by the next run",
+                )
+                client.set_terminated(run.info.run_id, "FAILED")
+                ended.append(run.info.run_id)
+    return ended
 
 
 def _experiment(cfg: TrackingConfig, name: str) -> str:

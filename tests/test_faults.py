@@ -58,3 +58,141 @@ def test_four_runs_started_together_into_a_fresh_store_all_finish_with_every_poi
     versions = client.search_model_versions("name = 'glassbox-breast_cancer'")
     assert sorted(int(v.version) for v in versions) == [1, 2, 3, 4]
     assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
+
+
+def _marked_processes(mark: str) -> list:
+    """Processes (any parent) started with this test's marker in their environment."""
+    import psutil
+
+    out = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("GLASSBOX_TEST_MARK") == mark:
+                out.append(proc)
+        except psutil.Error:
+            continue
+    return out
+
+
+def _training(tmp_path, mark: str) -> tuple[subprocess.Popen, list[str]]:
+    """`glassbox train` in a session of its own (as a terminal runs it), stopped at nothing:
+    returned once it is training (its cluster and temporary Prefect server are up)."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["GLASSBOX_TEST_MARK"] = mark
+    sets = [
+        *_sets(tmp_path),
+        *("--set", "train.num_boost_round=5000", "--set", "train.early_stopping_rounds=null"),
+        *("--set", "data.rows=60000"),
+    ]
+    proc = subprocess.Popen(
+        [GLASSBOX, "train", "fraud", *sets],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "round 25:" in line:
+            return proc, seen
+    pytest.fail("the run never trained:\n" + "".join(seen[-40:]))
+
+
+def _sets(tmp_path) -> list[str]:
+    sets = {
+        "tracking.uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "tracking.artifact_root": str(tmp_path / "artifacts"),
+        "data.workspace": str(tmp_path / "workspace"),
+    }
+    return [a for k, v in sets.items() for a in ("--set", f"{k}={v}")]
+
+
+def _runs(tmp_path) -> list:
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+    from tasks.config import TrackingConfig
+
+    tracking.configure(TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    client = MlflowClient()
+    return client.search_runs([e.experiment_id for e in client.search_experiments()])
+
+
+@pytest.mark.parametrize(
+    ("signal_name", "status", "reason"),
+    [
+        ("SIGINT", "KILLED", "interrupted (Ctrl-C, SIGINT)"),
+        ("SIGTERM", "FAILED", "terminated by SIGTERM"),
+    ],
+)
+def test_ctrl_c_and_sigterm_end_the_run_in_seconds_and_leave_nothing(
+    tmp_path, signal_name, status, reason
+):
+    """Ctrl-C reaches the terminal's whole process group; SIGTERM (a scheduler, `kill`) only
+    the command. Either way: the run ends with the reason, the workspace goes, no process of
+    the run is left (was: ~150 s, then a connection error, and an orphaned Prefect server)."""
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    proc, _ = _training(tmp_path, mark)
+    assert len(_marked_processes(mark)) >= 3  # the command, its Prefect server, Dask
+    began = time.monotonic()
+    if signal_name == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    rest, _ = proc.communicate(timeout=120)
+    took = time.monotonic() - began
+    assert took < 30, f"{took:.0f} s"
+    if signal_name == "SIGINT":
+        assert proc.returncode == 130
+        assert rest.strip().splitlines()[-1].startswith("glassbox: interrupted")
+    time.sleep(2)
+    assert _marked_processes(mark) == []
+    [run] = _runs(tmp_path)
+    assert run.info.status == status
+    assert run.data.tags["glassbox.failure_reason"] == reason
+    assert list((tmp_path / "workspace").iterdir()) == []
+
+
+def test_after_kill_9_no_process_is_left_and_the_next_run_cleans_up(tmp_path):
+    """kill -9 runs no handler: the command's children die with it (the Prefect server by the
+    parent-death signal), and the next run ends the orphaned MLflow run FAILED and removes
+    its workspace."""
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    proc, _ = _training(tmp_path, mark)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while _marked_processes(mark) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _marked_processes(mark) == []
+    [killed] = _runs(tmp_path)
+    assert killed.info.status == "RUNNING"
+    assert len(list((tmp_path / "workspace").iterdir())) == 1
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    quick = ["--set", "train.num_boost_round=5", "--set", "explain.enabled=false"]
+    done = subprocess.run(
+        [GLASSBOX, "train", *_sets(tmp_path), *quick],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = {r.info.run_id: r for r in _runs(tmp_path)}
+    ended = runs[killed.info.run_id]
+    assert ended.info.status == "FAILED"
+    assert "died without ending it" in ended.data.tags["glassbox.failure_reason"]
+    assert list((tmp_path / "workspace").iterdir()) == []
