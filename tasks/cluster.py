@@ -117,6 +117,37 @@ class WorkerProgress(xgb.callback.TrainingCallback):
         return False
 
 
+def train_on_worker(
+    x: Any,
+    y: Any,
+    x_valid: Any,
+    y_valid: Any,
+    params: dict[str, Any],
+    num_boost_round: int,
+    callbacks: list[Any],
+) -> dict[str, Any]:
+    """`xgboost.train` on the one worker of a one-worker cluster, with the worker's threads:
+    the same model as `xgboost.dask.train` there, without its collective (a tracker, and two
+    sockets per worker that XGBoost binds on every address, 0.0.0.0, with no option to choose)
+    and without its per-round synchronisation."""
+    from distributed import get_worker
+
+    nthread = get_worker().state.nthreads
+    dtrain = xgb.QuantileDMatrix(x, y, enable_categorical=True, nthread=nthread)
+    dvalid = xgb.QuantileDMatrix(x_valid, y_valid, ref=dtrain, enable_categorical=True)
+    history: dict[str, Any] = {}
+    booster = xgb.train(
+        {"nthread": nthread, **params},
+        dtrain,
+        num_boost_round=num_boost_round,
+        evals=[(dtrain, "train"), (dvalid, "valid")],
+        evals_result=history,
+        callbacks=callbacks,
+        verbose_eval=False,
+    )
+    return {"booster": booster, "history": history}
+
+
 @contextmanager
 def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
     """Start (or connect to) the cluster; close what was started on exit."""

@@ -22,7 +22,7 @@ from xgboost.collective import Config
 
 from tasks import tracking
 from tasks.calibration import Platt, fit_platt
-from tasks.cluster import ClusterHandle, WorkerProgress
+from tasks.cluster import ClusterHandle, WorkerProgress, train_on_worker
 from tasks.config import ConfigError, TaskType, TrainConfig
 from tasks.data import DatasetInfo, dask_split
 from tasks.drift import reference_summary
@@ -157,7 +157,9 @@ def fit(
     progress_every: int = 25,
     tracker_host: str | None = "127.0.0.1",
 ) -> tuple[xgb.Booster, dict[str, dict[str, list[float]]]]:
-    """Train on the cluster with train and valid evaluated every round.
+    """Train on the cluster with train and valid evaluated every round: `xgboost.dask` across
+    the workers, or plain `xgboost.train` on the worker of a one-worker cluster (the default
+    local cluster; no collective, no sockets open to the network).
 
     Args:
         client: Dask client of the cluster.
@@ -171,8 +173,6 @@ def fit(
     Returns:
         The booster (cut at the best iteration when early stopping) and the per-round history.
     """
-    dtrain = dxgb.DaskQuantileDMatrix(client, *train, enable_categorical=True)
-    dvalid = dxgb.DaskQuantileDMatrix(client, *valid, ref=dtrain, enable_categorical=True)
     callbacks: list[xgb.callback.TrainingCallback] = []
     if early_stopping_rounds:
         callbacks.append(
@@ -185,16 +185,24 @@ def fit(
         callbacks.append(WorkerProgress(topic, progress_every))
         client.subscribe_topic(topic, lambda event: progress(event[1]))
     try:
-        out = dxgb.train(
-            client,
-            params,
-            dtrain,
-            num_boost_round=num_boost_round,
-            evals=[(dtrain, "train"), (dvalid, "valid")],
-            callbacks=callbacks,
-            verbose_eval=False,
-            coll_cfg=Config(tracker_host_ip=tracker_host) if tracker_host else None,
-        )
+        if len(client.scheduler_info()["workers"]) == 1:
+            parts = client.compute([*train, *valid])  # on the one worker, where it trains
+            out = client.submit(
+                train_on_worker, *parts, params, num_boost_round, callbacks, pure=False
+            ).result()
+        else:
+            dtrain = dxgb.DaskQuantileDMatrix(client, *train, enable_categorical=True)
+            dvalid = dxgb.DaskQuantileDMatrix(client, *valid, ref=dtrain, enable_categorical=True)
+            out = dxgb.train(
+                client,
+                params,
+                dtrain,
+                num_boost_round=num_boost_round,
+                evals=[(dtrain, "train"), (dvalid, "valid")],
+                callbacks=callbacks,
+                verbose_eval=False,
+                coll_cfg=Config(tracker_host_ip=tracker_host) if tracker_host else None,
+            )
     finally:
         if progress is not None:
             client.unsubscribe_topic(topic)

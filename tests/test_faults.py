@@ -196,3 +196,28 @@ def test_after_kill_9_no_process_is_left_and_the_next_run_cleans_up(tmp_path):
     assert ended.info.status == "FAILED"
     assert "died without ending it" in ended.data.tags["glassbox.failure_reason"]
     assert list((tmp_path / "workspace").iterdir()) == []
+
+
+def test_while_training_every_listening_socket_of_the_run_is_on_loopback(tmp_path):
+    """The command, its Prefect server and its Dask scheduler and worker, mid-training: no
+    socket another machine can reach (XGBoost's collective binds its worker sockets on
+    0.0.0.0; a one-worker cluster trains without it)."""
+    import signal
+    import uuid
+
+    import psutil
+
+    mark = uuid.uuid4().hex
+    proc, _ = _training(tmp_path, mark)
+    try:
+        listening = [
+            (p.pid, c.laddr)
+            for p in _marked_processes(mark)
+            for c in p.net_connections("inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=120)
+    assert len({pid for pid, _ in listening}) >= 3, listening  # command, server, worker
+    assert all(addr.ip == "127.0.0.1" for _, addr in listening), listening

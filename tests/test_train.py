@@ -142,9 +142,16 @@ def test_early_stopping_keeps_the_best_round(cluster):
 def test_an_existing_scheduler_can_be_used_by_address():
     from distributed import LocalCluster
 
-    with LocalCluster(
-        n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
-    ) as running:
+    from tasks.cluster import _environ_kept, worker_env
+
+    # A plain LocalCluster's Nanny leaves its worker settings in this process's environment
+    # (what `dask_cluster` undoes); later tests' clusters must not inherit them.
+    with (
+        _environ_kept(worker_env(1)),
+        LocalCluster(
+            n_workers=1, threads_per_worker=1, host="127.0.0.1", dashboard_address="127.0.0.1:0"
+        ) as running,
+    ):
         cfg = ClusterConfig(kind="address", address=running.scheduler_address)
         with dask_cluster(cfg) as handle:
             assert (handle.kind, handle.device) == ("address", "cpu")
