@@ -265,8 +265,28 @@ def _workspace(path: Path) -> Iterator[str]:
     processes.claim(path)
     try:
         yield str(path)
+    except BaseException:
+        _keep_model(path)
+        raise
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _keep_model(workspace: Path) -> None:
+    """A run that fails after training (the store full or gone while logging the model) keeps
+    the trained booster beside the workspaces, and says where: hours of training are not lost
+    with the workspace."""
+    model = workspace / "model.ubj"
+    if not model.exists():
+        return
+    kept = workspace.parent / "kept" / workspace.name / "model.ubj"
+    try:
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(model, kept)
+    except OSError as exc:
+        get_run_logger().error("The trained model could not be kept either: %s", exc)
+        return
+    get_run_logger().error("The run failed after training; its model is kept at %s", kept)
 
 
 def _prefect_link() -> dict[str, str]:

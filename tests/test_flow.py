@@ -509,3 +509,30 @@ def test_a_wrong_row_id_stops_before_anything_starts_and_registers_nothing(store
         )
     assert client.get_experiment_by_name("wrong-row-id") is None  # nothing started
     assert client.search_model_versions("name = 'never-registered'") == []
+
+
+def test_a_run_that_fails_after_training_keeps_the_trained_model(store, client, monkeypatch):
+    """The store fills up while the model is logged (the fault injected where the model is
+    written): the run ends FAILED with the reason, and the booster it trained is kept."""
+    import errno
+
+    import xgboost as xgb
+
+    from tasks import tracking
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tracking, "log_glassbox_model", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        _run(
+            store,
+            num_boost_round=15,
+            overrides={"explain.enabled": False, "tracking.experiment": "disk-full"},
+        )
+    [run] = client.search_runs([client.get_experiment_by_name("disk-full").experiment_id])
+    assert run.info.status == "FAILED"
+    assert "No space left on device" in run.data.tags["glassbox.failure_reason"]
+    [kept] = (Path(store["data.workspace"]) / "kept").glob("*/model.ubj")
+    assert kept.parent.name == run.data.tags["prefect.flow_run_id"]
+    assert xgb.Booster(model_file=str(kept)).num_boosted_rounds() == 15
