@@ -254,6 +254,13 @@ def train_model(
         auto_scale_pos_weight=cfg.auto_scale_pos_weight,
     )
     tracking.log_params(run_id, {f"xgb.{k}": v for k, v in params.items()})
+    workers = len(cluster.client.scheduler_info()["workers"])
+    if workers > 1:
+        logger.warning(
+            "Training across %d workers uses XGBoost's collective: while it trains, each worker "
+            "listens on all network addresses (XGBoost has no option to bind it to one)",
+            workers,
+        )
     start = time.perf_counter()
     booster, history = fit(
         cluster.client,
