@@ -226,3 +226,22 @@ def test_a_run_keeps_every_rare_row_and_a_seeded_sample_of_the_rest():
     pd.testing.assert_frame_equal(kept, again)
     small = kept_test_rows(rows.head(50), target.head(50), cap=1_000, seed=1, classes=True)
     assert len(small) == 50
+
+
+def test_a_long_tailed_number_is_a_box_and_a_compact_one_a_slider():
+    """Fraud's Amount (quartiles 6 / 22 / 77, maximum 25,691): on a slider the typical amounts
+    would share its first pixels."""
+    from tasks.preprocess import Column, Spec
+
+    spec = Spec((Column("Amount", "number", "double"), Column("V1", "number", "double")))
+    summary = {
+        "columns": {
+            "Amount": {"kind": "number", "min": 0.0, "q1": 5.6, "median": 22.0, "q3": 77.0,
+                       "max": 25691.0, "integer": False, "missing": 0.0},
+            "V1": {"kind": "number", "min": -5.6, "q1": -0.9, "median": 0.0, "q3": 0.9,
+                   "max": 4.8, "integer": False, "missing": 0.0},
+        }
+    }  # fmt: skip
+    by = {f.name: f for f in fields(spec, summary)}
+    assert by["Amount"].box and not by["V1"].box
+    assert by["Amount"].minimum <= 0 and by["Amount"].maximum >= 25691

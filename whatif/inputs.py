@@ -18,6 +18,7 @@ from tasks.preprocess import Spec
 
 MISSING = "(missing)"
 STEPS = 1_000  # a slider's positions across the training range, at most (a round step)
+LONG_TAIL = 20  # a number whose range reaches this many interquartile ranges past a quartile
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class InputField:
     step: float = 1.0
     choices: tuple[str, ...] = ()  # categories, most frequent first
     time: bool = False  # dates: the model uses the hour
+    box: bool = False  # numbers with a long tail: a number box (a slider would crowd the
+    # typical values into its first pixels)
 
 
 def fields(
@@ -61,6 +64,8 @@ def fields(
             lo = _snap(math.floor(lo / step) * step, step)
             hi = _snap(max(math.ceil(hi / step) * step, lo + step), step)
             quartiles = " / ".join(_num(seen.get(q, math.nan)) for q in ("q1", "median", "q3"))
+            spread = float(seen.get("q3", hi)) - float(seen.get("q1", lo))
+            tail = max(hi - float(seen.get("q3", hi)), float(seen.get("q1", lo)) - lo)
             out.append(
                 InputField(
                     column.name,
@@ -73,6 +78,7 @@ def fields(
                     lo,
                     hi,
                     step,
+                    box=spread > 0 and tail > LONG_TAIL * spread,
                 )
             )
         elif column.kind == "category":

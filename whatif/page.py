@@ -225,7 +225,11 @@ def build(opened: Opened) -> Any:
 
     def add(f: InputField) -> None:
         main: Any
-        if f.kind == "number":
+        if f.kind == "number" and f.box:
+            main = gr.Number(
+                f.default, minimum=f.minimum, maximum=f.maximum, label=f.name, info=f.info
+            )
+        elif f.kind == "number":
             main = gr.Slider(
                 f.minimum, f.maximum, value=f.default, step=f.step, label=f.name, info=f.info
             )
@@ -270,7 +274,11 @@ def build(opened: Opened) -> Any:
     def show(start: Explained, now: Explained, where: str) -> list[Any]:
         return respond(start, now, where, threshold)
 
-    def start_from(values: dict[str, Any], where: str, explained: str | None) -> list[Any]:
+    labels = {key: label for label, key in opened.picks}
+
+    def start_from(
+        values: dict[str, Any], where: str, explained: str | None, key: str | None = None
+    ) -> list[Any]:
         # A new start explains the positive class (binary) or the class the model predicts
         # for it; the class drop-down then picks another.
         start = whatif.explain(form, values, explained if whatif.card.task == "binary" else None)
@@ -280,6 +288,7 @@ def build(opened: Opened) -> Any:
             state,
             cls,
             f"Starting from **{where}**.",
+            gr.update(value=labels.get(key or "")),  # the pick, when the row is one
             *updates_for(values),
             *show(start, start, where),
         ]
@@ -291,7 +300,7 @@ def build(opened: Opened) -> Any:
             raise gr.Error(f"row '{key}' is not among the {kept} of this model's run")
         row = opened.row(key)
         truth = f", true {row[opened.target]}" if opened.target else ""
-        return start_from(from_row(form, row), f"test row {key}{truth}", explained)
+        return start_from(from_row(form, row), f"test row {key}{truth}", explained, key)
 
     def load_random(explained: str | None) -> list[Any]:
         if opened.rows is None:
@@ -354,7 +363,7 @@ def build(opened: Opened) -> Any:
                 with gr.Accordion("the numbers", open=False):
                     numbers = gr.JSON()
         shown = [prediction, waterfall, moved, numbers]
-        starts = [state, explained, status, *components, *shown]
+        starts = [state, explained, status, pick, *components, *shown]
         by_label = dict(opened.picks)
         page.load(initial, inputs=[explained], outputs=starts, api_name="start")
         pick.input(
