@@ -274,19 +274,23 @@ def _workspace(path: Path) -> Iterator[str]:
 
 def _keep_model(workspace: Path) -> None:
     """A run that fails after training (the store full or gone while logging the model) keeps
-    the trained booster beside the workspaces, and says where: hours of training are not lost
-    with the workspace."""
+    the trained booster and its model card (preprocessing, classes, threshold, calibration)
+    beside the workspaces, and says where: hours of training are not lost with the workspace.
+    `tasks.serving.predict(xgb.Booster(model_file=...), ModelCard.from_json(...), rows)`
+    scores raw rows with them."""
     model = workspace / "model.ubj"
     if not model.exists():
         return
-    kept = workspace.parent / "kept" / workspace.name / "model.ubj"
+    kept = workspace.parent / "kept" / workspace.name
     try:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(model, kept)
+        kept.mkdir(parents=True, exist_ok=True)
+        for name in ("model.ubj", "card.json"):
+            if (workspace / name).exists():
+                shutil.copy2(workspace / name, kept / name)
     except OSError as exc:
         get_run_logger().error("The trained model could not be kept either: %s", exc)
         return
-    get_run_logger().error("The run failed after training; its model is kept at %s", kept)
+    get_run_logger().error("The run failed after training; its model is kept in %s", kept)
 
 
 def _prefect_link() -> dict[str, str]:

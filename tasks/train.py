@@ -349,6 +349,8 @@ def log_model(
         labels=info.label_values,
     )
     model_path = trained["model"]
+    # Beside the booster first: if logging fails, the run keeps both (`flows.train`).
+    (Path(model_path).parent / "card.json").write_text(card.to_json())
     metadata = {
         "task": info.task,
         "classes": info.classes,

@@ -535,4 +535,14 @@ def test_a_run_that_fails_after_training_keeps_the_trained_model(store, client, 
     assert "No space left on device" in run.data.tags["glassbox.failure_reason"]
     [kept] = (Path(store["data.workspace"]) / "kept").glob("*/model.ubj")
     assert kept.parent.name == run.data.tags["prefect.flow_run_id"]
-    assert xgb.Booster(model_file=str(kept)).num_boosted_rounds() == 15
+    booster = xgb.Booster(model_file=str(kept))
+    assert booster.num_boosted_rounds() == 15
+    # With its card it scores raw rows as the registered model would have.
+    from sklearn.datasets import load_breast_cancer
+
+    from tasks.serving import ModelCard, predict
+
+    card = ModelCard.from_json((kept.parent / "card.json").read_text())
+    rows = load_breast_cancer(as_frame=True).frame.drop(columns="target")
+    labels = predict(booster, card, rows)
+    assert set(labels) <= {"malignant", "benign"} and len(labels) == len(rows)
