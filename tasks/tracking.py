@@ -459,7 +459,19 @@ def log_dataset(run_id: str, data: pd.DataFrame, *, name: str, source: str, targ
             data, source=src, name=name, targets=target, digest=frame_digest(data)
         )._to_mlflow_entity()
     context = InputTag(key="mlflow.data.context", value="training")
-    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(entity, tags=[context])])
+    inputs = [DatasetInput(entity, tags=[context])]
+    from mlflow.exceptions import MlflowException
+
+    for attempt in range(3):
+        try:
+            MlflowClient().log_inputs(run_id, datasets=inputs)
+            return
+        except MlflowException as exc:
+            # Runs started together log the same data set: MLflow's sqlite store looks it up,
+            # then inserts it, and the slower run hits the unique key. It exists now: again.
+            if "UNIQUE constraint failed: datasets" not in str(exc) or attempt == 2:
+                raise
+            time.sleep(0.1)
 
 
 def frame_digest(data: pd.DataFrame) -> str:

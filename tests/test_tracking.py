@@ -70,3 +70,30 @@ def test_unique_slug_gives_ids_that_slug_alike_names_of_their_own():
     names = {unique_slug(i) for i in ("x/1", "x_1", "x 1", "x:1", "x_1")}
     assert len(names) == 4 and "x_1" in names  # a safe id stays as it is
     assert unique_slug("x/1").startswith("x_1-") and unique_slug("x/1") == unique_slug("x/1")
+
+
+def test_runs_that_log_the_same_data_set_at_once_all_keep_it(tmp_path):
+    """MLflow's sqlite store looks a data set up, then inserts it: runs logging the same one
+    at once race for its unique key. Every run must end up with the data set as its input."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    import pandas as pd
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+    from tasks.config import TrackingConfig
+
+    tracking.configure(TrackingConfig(uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    client = MlflowClient()
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(200, 5)), columns=list("abcde"))
+    for round_ in range(5):
+        exp = client.create_experiment(f"race-{round_}")
+        runs = [client.create_run(exp).info.run_id for _ in range(8)]
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(
+                lambda r: tracking.log_dataset(r, frame, name="d", source="builtin:x", target="e"),
+                runs,
+            ))  # fmt: skip
+        for run_id in runs:
+            assert len(client.get_run(run_id).inputs.dataset_inputs) == 1
