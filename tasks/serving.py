@@ -51,7 +51,11 @@ class ModelCard:
 def scores(booster: Any, card: ModelCard, rows: pd.DataFrame) -> np.ndarray:
     """P(positive class) (binary, calibrated when the model carries a map), (n, K) class
     probabilities, or values, for raw rows."""
-    features = transform(rows, card.spec)
+    return feature_scores(booster, card, transform(rows, card.spec))
+
+
+def feature_scores(booster: Any, card: ModelCard, features: pd.DataFrame) -> np.ndarray:
+    """`scores` of rows already preprocessed (`transform`)."""
     if card.calibration is not None:
         margin = booster.inplace_predict(features, predict_type="margin")
         return card.calibration.apply(np.asarray(margin))

@@ -19,7 +19,7 @@ import xgboost as xgb
 
 from tasks.lime_rows import BoosterPredictor, build_explainer, encode, explain_row
 from tasks.preprocess import transform
-from tasks.serving import ModelCard
+from tasks.serving import ModelCard, feature_scores, scores
 from whatif.inputs import InputField, same, shown, to_row
 
 
@@ -124,11 +124,7 @@ class WhatIf:
     def _outputs(self, features: pd.DataFrame) -> list[dict[str, float]]:
         """Calibrated P(class) per class name, or the value, as the served model gives it."""
         card = self.card
-        if card.calibration is not None:
-            margin = self.booster.inplace_predict(features, predict_type="margin")
-            score = card.calibration.apply(np.asarray(margin))
-        else:
-            score = np.asarray(self.booster.inplace_predict(features))
+        score = feature_scores(self.booster, card, features)
         if card.task == "regression":
             return [{"value": float(v)} for v in np.ravel(score)]
         proba = score if score.ndim == 2 else np.column_stack([1 - score, score])
@@ -136,12 +132,7 @@ class WhatIf:
 
     def scores(self, rows: pd.DataFrame) -> np.ndarray:
         """P(positive), class probabilities (n, K), or values, for many raw rows."""
-        features = transform(rows, self.card.spec)
-        outputs = self._outputs(features)
-        if self.card.task == "regression":
-            return np.array([o["value"] for o in outputs])
-        proba = np.array([[o[c] for c in self.card.classes] for o in outputs])
-        return proba[:, 1] if self.card.task == "binary" else proba
+        return scores(self.booster, self.card, rows)
 
     def importance(self, rows: pd.DataFrame) -> dict[str, float]:
         """Mean |SHAP| per raw column over `rows` (summed over classes)."""
