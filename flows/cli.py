@@ -1,6 +1,6 @@
-"""Glassbox from a terminal: `glassbox train|retrain [PRESET_OR_YAML] [--set key=value ...]`,
-`glassbox promote NAME VERSION`, `glassbox rollback NAME`, `glassbox models [NAME]`, and the
-local platform: `glassbox up|down|status`."""
+"""Glassbox from a terminal: `glassbox train|retrain|sweep [PRESET_OR_YAML] [--set key=value ...]`,
+`glassbox promote NAME VERSION`, `glassbox rollback NAME`, `glassbox models [NAME]`, the what-if
+page `glassbox app`, and the local platform: `glassbox up|down|status`."""
 
 from __future__ import annotations
 
@@ -35,7 +35,17 @@ def main(argv: list[str] | None = None) -> int:
         "retrain",
         help="train a challenger on fresh data; promote it to @champion only if it is better",
     )
-    for cmd in (train_cmd, retrain_cmd):
+    sweep_cmd = commands.add_parser(
+        "sweep",
+        help="search XGBoost's parameters (trials in parallel, child runs in MLflow); refit "
+        "the best and make it @challenger",
+    )
+    sweep_cmd.add_argument("--trials", type=int, help="trials to run (default: sweep.trials)")
+    sweep_cmd.add_argument("--timeout", type=float, help="seconds after which no new trial starts")
+    sweep_cmd.add_argument(
+        "--parallel", type=int, help="trials in flight (default: the cluster's worker threads)"
+    )
+    for cmd in (train_cmd, retrain_cmd, sweep_cmd):
         cmd.add_argument(
             "config",
             nargs="?",
@@ -110,11 +120,22 @@ def main(argv: list[str] | None = None) -> int:
     _use_platform()
     try:
         overrides = dict(parse_assignment(text) for text in args.overrides)
-        if args.command in ("train", "retrain"):
+        if args.command == "sweep":
+            overrides |= {
+                f"sweep.{k}": getattr(args, k)
+                for k in ("trials", "timeout", "parallel")
+                if getattr(args, k) is not None
+            }
+        if args.command in ("train", "retrain", "sweep"):
             path = preset_path(args.config)
             # A bad config, data source or store fails here, before Prefect starts (seconds
             # sooner).
-            _check(load_config(str(path), overrides))
+            cfg = load_config(str(path), overrides)
+            _check(cfg)
+            if args.command == "sweep":
+                from flows.sweep import check_sweep
+
+                check_sweep(cfg)
         elif args.command == "promote":
             path = preset_path(args.config) if args.config else _preset_of(args.model)
             _check(load_config(str(path), overrides))
@@ -126,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.command == "train":
         return _train(path, overrides)
+    if args.command == "sweep":
+        return _sweep(path, overrides)
     if args.command == "models":
         return _models(tracking_cfg, args.model)
     return _lifecycle(args, path, overrides)
@@ -433,6 +456,62 @@ def _train(path: Path, overrides: dict[str, Any]) -> int:
         return 1
     print(_summary(result, load_config(str(path), overrides).tracking.uri))
     return 0
+
+
+def _sweep(path: Path, overrides: dict[str, Any]) -> int:
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    try:
+        with _prefect_api():
+            from flows.sweep import sweep
+
+            result = sweep(**_preset_args(path), overrides=overrides)
+    except ConfigError as exc:
+        print(f"glassbox: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "glassbox: interrupted; the finished trials are kept, the sweep's MLflow run "
+            "ends KILLED",
+            file=sys.stderr,
+        )
+        return 130
+    except Exception as exc:
+        print(f"glassbox: sweep failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(_sweep_summary(result, load_config(str(path), overrides).tracking.uri))
+    return 0
+
+
+def _sweep_summary(result: dict[str, Any], uri: str) -> str:
+    params = ", ".join(
+        f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+        for k, v in result["best_params"].items()
+    )
+    lines = [
+        "",
+        f"Sweep: MLflow run {result['run_id']} (experiment {result['experiment_id']}), "
+        f"{result['trials_finished']} trials finished, {result['trials_failed']} failed, "
+        f"{result['seconds']:.0f} s",
+        f"Best: trial {result['best_trial']}, valid {result['metric']} "
+        f"{result['best_value']:.5g}: {params}",
+    ]
+    refit = result["refit"]
+    if refit:
+        name, version = refit["registered_model"], refit["model_version"]
+        lines += [
+            f"Refit: MLflow run {refit['run_id']}, models:/{name}/{version} is @challenger; "
+            "test: " + ", ".join(f"{k} {v:.4f}" for k, v in refit["headline"].items()),
+            f"Promote it through the gate: glassbox promote {name} {version}",
+        ]
+    exp = result["experiment_id"]
+    base = result["url"].split("/#/")[0] if result["url"] else "http://127.0.0.1:5000"
+    if not result["url"]:
+        lines.append(f"Look at it: mlflow ui --backend-store-uri {uri} --port 5000, then open")
+    lines.append(
+        f"  {base}/#/experiments/{exp}/runs?workflowType=machine_learning "
+        "(expand the sweep's run to compare its trials)"
+    )
+    return "\n".join(lines)
 
 
 def _summary(result: dict[str, Any], uri: str) -> str:

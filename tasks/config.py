@@ -424,6 +424,74 @@ class RetrainConfig(_Stage):
         return value
 
 
+class Dimension(_Stage):
+    """One XGBoost parameter's range in a sweep: whole numbers or real numbers between `low`
+    and `high` (on a log scale with `log: true`), or one of `values`."""
+
+    type: Literal["int", "float", "choice"] = "float"
+    low: float | None = None
+    high: float | None = None
+    log: bool = Field(False, description="sample on a log scale (low must be > 0)")
+    values: tuple[Any, ...] | None = Field(None, description="type choice: the values to try")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Dimension:
+        if self.type == "choice":
+            if not self.values:
+                raise ValueError("type choice needs `values`: a non-empty list")
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("type choice takes `values`, not low/high/log")
+            if len(set(map(repr, self.values))) != len(self.values):
+                raise ValueError("type choice: `values` repeat")
+            return self
+        if self.values is not None:
+            raise ValueError(f"type {self.type} takes low/high, not `values`")
+        if self.low is None or self.high is None:
+            raise ValueError(f"type {self.type} needs `low` and `high`")
+        if not self.low < self.high:
+            raise ValueError(f"low ({self.low:g}) must be below high ({self.high:g})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log scale needs low > 0 (got {self.low:g})")
+        if self.type == "int" and not (float(self.low).is_integer() and self.high.is_integer()):
+            raise ValueError("type int needs whole-number low and high")
+        return self
+
+    def describe(self) -> str:
+        """`int 2..10`, `float 0.01..0.3 log`, `choice depthwise|lossguide`."""
+        if self.type == "choice":
+            return "choice " + "|".join(map(str, self.values or ()))
+        return f"{self.type} {self.low:g}..{self.high:g}" + (" log" if self.log else "")
+
+
+class SweepConfig(_Stage):
+    """Hyperparameter search (`glassbox sweep`): trials in parallel on the cluster, each a
+    single-threaded XGBoost training with early stopping, judged on the valid split."""
+
+    space: dict[str, Dimension] | None = Field(
+        None,
+        description="XGBoost parameter -> {type: int|float|choice, low, high, log, values}; "
+        "default: a space per task (tasks.sweep.DEFAULT_SPACE); these override train.params",
+    )
+    trials: int = Field(20, ge=1, le=10_000, description="trials to run")
+    parallel: int | None = Field(
+        None, ge=1, description="trials in flight at once; default: the cluster's worker threads"
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="seconds after which no new trial starts (running ones finish)"
+    )
+    metric: Metric = Field(
+        "auto",
+        description="valid-split metric to optimise; auto: the retraining gate's primary metric",
+    )
+    seed: int = Field(
+        0, description="seed of the sampler (TPE): same seed, parallel 1, same trials"
+    )
+    refit: bool = Field(
+        True,
+        description="train the best trial's parameters as a normal run, register it, @challenger",
+    )
+
+
 class PipelineConfig(_Stage):
     """Everything one `train` (or `retrain`) flow run needs."""
 
@@ -435,6 +503,7 @@ class PipelineConfig(_Stage):
     cluster: ClusterConfig = ClusterConfig()
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     retrain: RetrainConfig = RetrainConfig()
+    sweep: SweepConfig = SweepConfig()
 
 
 def validate_config(raw: dict[str, Any]) -> PipelineConfig:

@@ -221,12 +221,87 @@ def mlflow_run(
     try:
         yield RunRef(run_id, experiment_id, url, run.info.artifact_uri)
     except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         reason = _reason(exc)
+        status = "KILLED" if reason.startswith(("interrupted", "cancelled")) else "FAILED"
         client.set_tag(run_id, FAILURE_TAG, reason[:5000])
         client.set_terminated(run_id, status)
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+PARENT_TAG = "mlflow.parentRunId"  # MLflow nests a run under its parent in the runs list
+
+
+def log_child_run(
+    parent: RunRef,
+    *,
+    name: str,
+    params: Mapping[str, Any],
+    metrics: Mapping[str, float],
+    curves: Mapping[str, list[float]] | None = None,
+    tags: Mapping[str, str] | None = None,
+    failure: str | None = None,
+) -> str:
+    """A finished child run of `parent` (one sweep trial) in as few requests as MLflow takes:
+    create, one batch of params, metrics, per-round `curves` and tags, end. Ended FAILED with
+    `failure` as the reason when given. Returns its id.
+
+    Only the flow's process calls this: trials on workers return their numbers (concurrent
+    writers would lock a sqlite store)."""
+    from mlflow.entities import RunTag
+
+    client = MlflowClient()
+    run = client.create_run(
+        parent.experiment_id,
+        run_name=name,
+        tags={**(tags or {}), PARENT_TAG: parent.run_id},
+    )
+    run_id = run.info.run_id
+    try:
+        now = int(time.time() * 1000)
+        points = [Metric(safe_key(k), float(v), now, 0) for k, v in metrics.items()]
+        points += [
+            Metric(safe_key(f"{CURVES}{key}"), float(v), now, step)
+            for key, values in (curves or {}).items()
+            for step, v in enumerate(values)
+        ]
+        items = [Param(safe_key(k), _param_text(v)) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(run_id, params=items[i : i + 100], synchronous=True)
+        _log_metric_batch(run_id, points)
+        if failure:
+            client.log_batch(run_id, tags=[RunTag(FAILURE_TAG, failure[:5000])], synchronous=True)
+    finally:
+        # Interrupted while logging: the child still ends (KILLED), not RUNNING for ever.
+        ended = "FAILED" if failure else "FINISHED"
+        client.set_terminated(run_id, ended if _no_exception() else "KILLED")
+    return str(run_id)
+
+
+def _no_exception() -> bool:
+    import sys
+
+    return sys.exc_info()[0] is None
+
+
+def child_runs(parent_run_id: str, experiment_id: str) -> list[Any]:
+    """The runs nested under a parent, oldest first."""
+    return list(
+        MlflowClient().search_runs(
+            [experiment_id],
+            f"tags.`{PARENT_TAG}` = '{parent_run_id}'",
+            order_by=["attributes.start_time ASC"],
+            max_results=10_000,
+        )
+    )
+
+
+def set_tags(run_id: str, tags: Mapping[str, str]) -> None:
+    from mlflow.entities import RunTag
+
+    MlflowClient().log_batch(
+        run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()], synchronous=True
+    )
 
 
 def _reason(exc: BaseException) -> str:
@@ -236,9 +311,20 @@ def _reason(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted (Ctrl-C, SIGINT)"
     number = getattr(exc, "signal", None)  # Prefect's TerminationSignal carries it
+    if isinstance(number, int) and _prefect_cancel():
+        return "cancelled from Prefect (the flow run was cancelled)"
     if isinstance(number, int):
         return f"terminated by {signal.Signals(number).name}"
     return f"{type(exc).__name__}: {exc}"
+
+
+def _prefect_cancel() -> bool:
+    """Whether the signal that ends this process is Prefect's runner cancelling the flow run."""
+    try:
+        from prefect._internal.control_listener import get_intent
+    except ImportError:
+        return False
+    return get_intent() == "cancel"
 
 
 PROCESS_TAG = "glassbox.process"

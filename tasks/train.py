@@ -114,16 +114,16 @@ def check_objective(task: str, params: dict[str, Any]) -> None:
         )
 
 
-def check_params(params: dict[str, Any]) -> None:
+def check_params(params: dict[str, Any], key: str = "train.params") -> None:
     """Ask XGBoost itself whether it knows and accepts `train.params`, on 8 rows, in milliseconds.
 
     Raises:
-        ConfigError: naming unknown parameters or the value XGBoost refuses.
+        ConfigError: naming unknown parameters or the value XGBoost refuses (under `key`).
     """
     managed = sorted(set(params) & set(_MANAGED))
     if managed:
         raise ConfigError(
-            "train.params: " + "; ".join(f"'{k}' is set from {_MANAGED[k]}" for k in managed)
+            f"{key}: " + "; ".join(f"'{k}' is set from {_MANAGED[k]}" for k in managed)
         )
     rng = np.random.default_rng(0)
     dm = xgb.DMatrix(rng.normal(size=(8, 2)), label=np.arange(8) % 2)
@@ -134,7 +134,7 @@ def check_params(params: dict[str, Any]) -> None:
             xgb.train({**probe, "nthread": 1}, dm, num_boost_round=1)
         except xgb.core.XGBoostError as exc:
             first = str(exc).strip().splitlines()[0]
-            raise ConfigError(f"train.params: XGBoost refuses them: {first}") from None
+            raise ConfigError(f"{key}: XGBoost refuses them: {first}") from None
     unused = [
         name
         for w in caught
@@ -142,7 +142,7 @@ def check_params(params: dict[str, Any]) -> None:
         for name in re.findall(r'"([^"]+)"', group)
     ]
     if unused:
-        raise ConfigError(f"train.params: unknown XGBoost parameter(s): {', '.join(unused)}")
+        raise ConfigError(f"{key}: unknown XGBoost parameter(s): {', '.join(unused)}")
 
 
 def fit(
