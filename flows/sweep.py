@@ -186,7 +186,7 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
             import time
 
             start = time.perf_counter()
-            data = cluster.client.scatter(_trial_data(loaded), broadcast=True)
+            data = cluster.client.scatter(_trial_data(loaded), broadcast=True, hash=False)
             finished = search(
                 cluster.client, data, plan, parallel, _trial_logger(parent, plan, flow_run)
             )

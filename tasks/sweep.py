@@ -97,10 +97,14 @@ def check_space(space: dict[str, Dimension], train_params: dict[str, Any]) -> No
     for name, why in _FIXED.items():
         if name in space:
             raise ConfigError(f"sweep.space.{name}: set from {why}, not searched")
-    check_params({**train_params, **{k: _end(d, 0) for k, d in space.items()}}, "sweep.space")
     for name, dim in space.items():
         for value in dim.values or (_end(dim, 0), _end(dim, 1)):
             check_params({**train_params, name: value}, f"sweep.space.{name}")
+    # parameters that exclude each other
+    for which in (0, 1):
+        check_params(
+            {**train_params, **{k: _end(d, which) for k, d in space.items()}}, "sweep.space"
+        )
 
 
 def _end(dim: Dimension, which: int) -> Any:

@@ -71,10 +71,11 @@ def run_trial(
 
     Returns:
         `value` (the metric), every valid metric in `scores`, `best_iteration` (0-based),
-        `rounds` trained, the per-round valid `curves`, `seconds`, and `stopped` when the sweep
+        `rounds` trained, the per-round valid `curves`, `seconds` (and wall-clock
+        `started_at`, `ended_at`), and `stopped` when the sweep
         asked it to stop early (its value is then not comparable).
     """
-    start = time.perf_counter()
+    started_at, start = time.time(), time.perf_counter()
     dtrain = xgb.QuantileDMatrix(data.x, data.y, enable_categorical=True, nthread=1)
     dvalid = xgb.QuantileDMatrix(data.x_valid, data.y_valid, ref=dtrain, enable_categorical=True)
     callbacks: list[xgb.callback.TrainingCallback] = []
@@ -107,5 +108,7 @@ def run_trial(
         "rounds": rounds,
         "curves": curves,
         "seconds": time.perf_counter() - start,
+        "started_at": started_at,
+        "ended_at": time.time(),
         "stopped": bool(stopper and stopper.stopped),
     }
