@@ -152,6 +152,129 @@ def _api(env, code: str, timeout: int = 460) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def test_sweep_deployment_takes_the_forms_values_and_a_cancel_keeps_finished_trials(
+    server, store, tmp_path
+):
+    import psutil
+    from mlflow import MlflowClient
+
+    from tasks import tracking
+    from tasks.config import TrackingConfig
+
+    _prefect(server, "work-pool", "create", "glassbox", "--type", "process", "--overwrite")
+    _prefect(server, "--no-prompt", "deploy", "--all")
+    tracking.configure(
+        TrackingConfig(uri=store["tracking.uri"], artifact_root=store["tracking.artifact_root"])
+    )
+    client = MlflowClient()
+    worker = _worker(server, tmp_path)
+    try:
+        # A sweep with the form's fields: preset, trials, parallel.
+        quick = {**store, "train.num_boost_round": 20, "explain.enabled": False}
+        done = _api(
+            server,
+            f"""
+from prefect.deployments import run_deployment
+async def main():
+    async with get_client() as client:
+        dep = await client.read_deployment_by_name("sweep/sweep")
+    run = await run_deployment("sweep/sweep", timeout=400, poll_interval=2, parameters={{
+        "preset": "wine", "trials": 3, "parallel": 2, "overrides": {quick!r}}})
+    print(json.dumps({{"state": run.state.type.value, "id": str(run.id),
+                      "schema": dep.parameter_openapi_schema}}))
+asyncio.run(main())
+""",
+        )
+        assert done["state"] == "COMPLETED", (tmp_path / "worker.log").read_text()[-4000:]
+        props = done["schema"]["properties"]
+        assert props["trials"]["anyOf"][0] == {"type": "integer", "minimum": 1, "maximum": 10000}
+        assert props["timeout"]["anyOf"][0]["type"] == "number"
+        (parent,) = client.search_runs(
+            [client.get_experiment_by_name("glassbox-wine").experiment_id],
+            f"tags.`prefect.flow_run_id` = '{done['id']}' "
+            "and tags.`glassbox.sweep.role` = 'parent'",
+        )
+        assert parent.data.params["sweep.trials"] == "3"
+        assert parent.data.params["sweep.parallel_resolved"] == "2"
+        assert parent.data.tags["prefect.deployment"] == "sweep"
+        children = tracking.child_runs(parent.info.run_id, parent.info.experiment_id)
+        assert sorted(r.data.tags["glassbox.sweep.role"] for r in children) == [
+            "refit",
+            "trial",
+            "trial",
+            "trial",
+        ]
+
+        # A long sweep, cancelled from Prefect once two trials have finished.
+        slow = {
+            **store,
+            "data.rows": 40000,
+            "train.num_boost_round": 4000,
+            "train.early_stopping_rounds": None,
+            "explain.enabled": False,
+            "tracking.experiment": "sweep-cancelled",
+        }
+        started = _api(
+            server,
+            f"""
+from prefect.deployments import run_deployment
+async def main():
+    run = await run_deployment("sweep/sweep", timeout=0, parameters={{
+        "preset": "fraud", "trials": 200, "overrides": {slow!r}}})
+    print(json.dumps({{"id": str(run.id)}}))
+asyncio.run(main())
+""",
+        )
+        deadline = time.time() + 300
+        finished: list = []
+        while time.time() < deadline and len(finished) < 2:
+            time.sleep(1)
+            exp = client.get_experiment_by_name("sweep-cancelled")
+            runs = client.search_runs([exp.experiment_id]) if exp else []
+            finished = [
+                r
+                for r in runs
+                if r.data.tags.get("glassbox.sweep.role") == "trial" and r.info.status == "FINISHED"
+            ]
+        assert len(finished) >= 2, (tmp_path / "worker.log").read_text()[-4000:]
+        cancelled = _api(
+            server,
+            f"""
+from prefect.states import Cancelling
+async def main():
+    async with get_client() as client:
+        await client.set_flow_run_state("{started["id"]}", Cancelling())
+        for _ in range(120):
+            run = await client.read_flow_run("{started["id"]}")
+            if run.state.is_final():
+                break
+            await asyncio.sleep(1)
+    print(json.dumps({{"state": run.state.type.value}}))
+asyncio.run(main())
+""",
+        )
+        assert cancelled["state"] == "CANCELLED"
+        # the flow's process and its Dask cluster are gone; the worker stays
+        deadline = time.time() + 30
+        while psutil.Process(worker.pid).children(recursive=True) and time.time() < deadline:
+            time.sleep(0.5)
+        assert psutil.Process(worker.pid).children(recursive=True) == []
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    exp = client.get_experiment_by_name("sweep-cancelled")
+    runs = client.search_runs([exp.experiment_id])
+    (parent,) = [r for r in runs if r.data.tags.get("glassbox.sweep.role") == "parent"]
+    assert parent.info.status == "KILLED"
+    assert "cancelled" in parent.data.tags["glassbox.failure_reason"]
+    trials = [r for r in runs if r.data.tags.get("glassbox.sweep.role") == "trial"]
+    assert len(trials) >= 2
+    assert all(r.info.status == "FINISHED" for r in trials)  # kept, none left RUNNING
+    assert all(r.data.metrics["rounds_trained"] == 4000 for r in trials)  # none cut short
+    assert not [r for r in runs if r.data.tags.get("glassbox.sweep.role") == "refit"]
+    assert client.search_model_versions("name = 'glassbox-fraud'") == []
+
+
 def test_retrain_schedule_fires_survives_a_redeploy_and_moves_the_aliases(server, store, tmp_path):
     import yaml
 
