@@ -270,6 +270,7 @@ def _trial_logger(parent: tracking.RunRef, plan: Plan, flow_run: str) -> Any:
                 tracking.PREFECT_RUN_TAG: flow_run,
             },
             failure=one.error,
+            span=(one.result["started_at"], one.result["ended_at"]) if one.result else None,
         )
         points: dict[str, float] = {}
         if best and best.value is not None:
@@ -332,7 +333,8 @@ def _log_summary(
     )
     scores = importances(finished, plan)
     if scores:
-        tracking.log_metrics(parent.run_id, {f"importance/{k}": v for k, v in scores.items()})
+        # after the `sweep/` curves in MLflow's chart sections (sorted by name)
+        tracking.log_metrics(parent.run_id, {f"sweep_importance/{k}": v for k, v in scores.items()})
         tracking.log_figure(
             parent.run_id,
             figs.importance_bars(scores, complete),

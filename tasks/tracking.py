@@ -241,18 +241,22 @@ def log_child_run(
     curves: Mapping[str, list[float]] | None = None,
     tags: Mapping[str, str] | None = None,
     failure: str | None = None,
+    span: tuple[float, float] | None = None,
 ) -> str:
     """A finished child run of `parent` (one sweep trial) in as few requests as MLflow takes:
     create, one batch of params, metrics, per-round `curves` and tags, end. Ended FAILED with
-    `failure` as the reason when given. Returns its id.
+    `failure` as the reason when given; `span` (start, end in epoch seconds) is when the work
+    ran, so that the runs list shows its duration. Returns its id.
 
     Only the flow's process calls this: trials on workers return their numbers (concurrent
     writers would lock a sqlite store)."""
     from mlflow.entities import RunTag
 
     client = MlflowClient()
+    start, end = (int(t * 1000) for t in span) if span else (None, None)
     run = client.create_run(
         parent.experiment_id,
+        start_time=start,
         run_name=name,
         tags={**(tags or {}), PARENT_TAG: parent.run_id},
     )
@@ -274,7 +278,7 @@ def log_child_run(
     finally:
         # Interrupted while logging: the child still ends (KILLED), not RUNNING for ever.
         ended = "FAILED" if failure else "FINISHED"
-        client.set_terminated(run_id, ended if _no_exception() else "KILLED")
+        client.set_terminated(run_id, ended if _no_exception() else "KILLED", end_time=end)
     return str(run_id)
 
 

@@ -248,6 +248,9 @@ def test_a_sweep_logs_a_child_run_per_trial_under_its_parent(swept, client):
         ]
         assert len(curve) == m["rounds_trained"]
         assert m["valid_log_loss"] == pytest.approx(curve[int(m["best_iteration"])], rel=1e-5)
+        # the runs list shows how long the trial trained, not how long logging it took
+        took = run.info.end_time - run.info.start_time
+        assert took == pytest.approx(1000 * m["trial_seconds"], abs=100)
     # the parent's curve of values: one point per trial, by trial number
     history = client.get_metric_history(swept["run_id"], "sweep/valid_log_loss")
     assert {int(h.step): h.value for h in history} == values
