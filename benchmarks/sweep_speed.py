@@ -50,7 +50,7 @@ def configurations(plan: Any, n: int, seed: int) -> list[dict[str, Any]]:
     """n configurations drawn at random from the task's default space (seeded)."""
     import optuna
 
-    from tasks.sweep import distributions
+    from tasks.sweep import distributions, with_sampled
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -58,7 +58,7 @@ def configurations(plan: Any, n: int, seed: int) -> list[dict[str, Any]]:
     out = []
     for _ in range(n):
         trial = study.ask(dists)
-        out.append({**plan.base_params, **trial.params})
+        out.append(with_sampled(plan.base_params, trial.params))
         study.tell(trial, 0.0)
     return out
 

@@ -43,6 +43,7 @@ from tasks.sweep import (
     resolve_space,
     search,
     trial_table,
+    with_sampled,
 )
 from tasks.train import xgb_params
 
@@ -249,7 +250,7 @@ def _trial_logger(parent: tracking.RunRef, plan: Plan, flow_run: str) -> Any:
     metric = plan.metric
 
     def on_finished(one: Finished, best: Finished | None, left: int) -> None:
-        params = {**plan.base_params, **one.params}
+        params = with_sampled(plan.base_params, one.params)
         metrics: dict[str, float] = {}
         if one.result:
             metrics = {f"valid_{k}": v for k, v in one.result["scores"].items()}
@@ -348,7 +349,7 @@ def _refit(
     """The best configuration trained by the train pipeline (nested under the sweep),
     registered, and given `@challenger`."""
     raw = cfg.model_dump(mode="json")
-    raw["train"]["params"] = {**raw["train"]["params"], **best.params}
+    raw["train"]["params"] = with_sampled(raw["train"]["params"], best.params)
     raw["tracking"]["run_name"] = f"{name}-best"
     best_cfg = validate_config(raw)
     trained = train_loaded(

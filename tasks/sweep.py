@@ -75,7 +75,25 @@ METRICS: dict[TaskType, tuple[str, ...]] = {
 }
 # Parameters a sweep must not vary: the task decides them.
 _FIXED = {"objective": "the task", "eval_metric": "the task (early stopping uses it)"}
+# XGBoost's parameter aliases: a sampled `eta` must replace a configured `learning_rate`.
+ALIASES = (
+    {"eta", "learning_rate"},
+    {"lambda", "reg_lambda"},
+    {"alpha", "reg_alpha"},
+    {"gamma", "min_split_loss"},
+    {"seed", "random_state"},
+)
 IMPORTANCE_MIN_TRIALS = 10  # parameter importances (fANOVA) are noise below this
+
+
+def with_sampled(params: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
+    """`params` with the sampled values in, a configured alias of a sampled name taken out
+    (XGBoost would otherwise get both `learning_rate` and `eta`, and one would silently win)."""
+    covered = set(sampled)
+    for group in ALIASES:
+        if group & covered:
+            covered |= group
+    return {**{k: v for k, v in params.items() if k not in covered}, **sampled}
 
 
 def resolve_space(cfg: SweepConfig, task: TaskType) -> dict[str, Dimension]:
@@ -97,14 +115,16 @@ def check_space(space: dict[str, Dimension], train_params: dict[str, Any]) -> No
     for name, why in _FIXED.items():
         if name in space:
             raise ConfigError(f"sweep.space.{name}: set from {why}, not searched")
+    for group in ALIASES:
+        if len(group & set(space)) > 1:
+            raise ConfigError(f"sweep.space: {' and '.join(sorted(group))} are one parameter")
     for name, dim in space.items():
         for value in dim.values or (_end(dim, 0), _end(dim, 1)):
-            check_params({**train_params, name: value}, f"sweep.space.{name}")
+            check_params(with_sampled(train_params, {name: value}), f"sweep.space.{name}")
     # parameters that exclude each other
     for which in (0, 1):
-        check_params(
-            {**train_params, **{k: _end(d, which) for k, d in space.items()}}, "sweep.space"
-        )
+        sampled = {k: _end(d, which) for k, d in space.items()}
+        check_params(with_sampled(train_params, sampled), "sweep.space")
 
 
 def _end(dim: Dimension, which: int) -> Any:
@@ -291,7 +311,7 @@ def search(
             while len(running) < parallel and started < plan.trials and time.monotonic() < deadline:
                 trial = study.ask(dists)
                 started += 1
-                params = {**plan.base_params, **trial.params}
+                params = with_sampled(plan.base_params, trial.params)
                 future = client.submit(
                     run_trial,
                     data,

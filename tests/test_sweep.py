@@ -60,6 +60,11 @@ def _cli_error(tmp_path: Path, *sets: str) -> str:
         ("sweep.space.nthread={type: int, low: 1, high: 4}", "'nthread' is set from"),
         ("sweep.space.objective={type: choice, values: [binary:hinge]}", "set from the task"),
         ("sweep.space.max_depth={type: int, low: -3, high: 4}", "sweep.space.max_depth: XGBoost"),
+        (
+            "sweep.space={eta: {type: float, low: 0.1, high: 0.3}, "
+            "learning_rate: {type: float, low: 0.1, high: 0.3}}",
+            "eta and learning_rate are one parameter",
+        ),
         ("sweep.trials=0", "sweep.trials"),
         ("sweep.metric=accuracy", "sweep.metric"),
     ],
@@ -80,6 +85,22 @@ def test_the_metric_must_fit_the_task_and_auto_is_the_gates_primary_metric():
         resolve_metric("r2_score", "binary", 0.4)
     for space in DEFAULT_SPACE.values():  # the default spaces are valid XGBoost parameters
         check_space(space, {})
+
+
+def test_a_sampled_alias_replaces_the_configured_parameter():
+    from tasks.sweep import with_sampled
+
+    configured = {"learning_rate": 0.1, "max_depth": 4, "reg_lambda": 2.0}
+    assert with_sampled(configured, {"eta": 0.02}) == {
+        "max_depth": 4,
+        "reg_lambda": 2.0,
+        "eta": 0.02,
+    }
+    assert with_sampled(configured, {"lambda": 1.0, "max_depth": 6}) == {
+        "learning_rate": 0.1,
+        "lambda": 1.0,
+        "max_depth": 6,
+    }
 
 
 def test_trial_table_best_and_running_best():
