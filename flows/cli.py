@@ -240,7 +240,7 @@ def _platform(args: argparse.Namespace) -> int:
         "\n".join(
             [
                 "",
-                f"Prefect UI:  {state.prefect_ui}   (deployments: train, retrain)",
+                f"Prefect UI:  {state.prefect_ui}   (deployments: train, retrain, sweep)",
                 f"MLflow UI:   {state.mlflow_url}",
                 f"Dask:        {state.scheduler}   dashboard {state.dashboard}",
                 "Runs from this folder (`glassbox train`, the Prefect UI) now use them.",

@@ -15,6 +15,8 @@ from tasks.config import Dimension
 from tasks.figures import _figure, style
 from tasks.sweep import Direction, best_so_far
 
+LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85}
+
 
 def _complete(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["state"] == "complete"]
@@ -118,6 +120,8 @@ def parallel_coordinates(
                     textcoords="offset points",
                     fontsize=7,
                     va="center",
+                    zorder=6,
+                    bbox=LABEL_BOX,
                 )
         ax.axvline(len(names), color="black", lw=0.8)
         for t in (0.0, 1.0):
@@ -128,6 +132,8 @@ def parallel_coordinates(
                 textcoords="offset points",
                 fontsize=7,
                 va="center",
+                zorder=6,
+                bbox=LABEL_BOX,
             )
         labels = [n + (" (log)" if space[n].log else "") for n in names] + [f"valid {metric}"]
         ax.set_xticks(range(len(labels)), labels, rotation=20, ha="right")
