@@ -159,6 +159,9 @@ def _check(cfg: Any) -> None:
     `STORE_TIMEOUT` seconds to say so, not minutes of retries)."""
     check_source(cfg.data)
     from tasks import tracking
+    from tasks.storage import check_writable
+
+    check_writable(cfg.data.workspace)
 
     tracking.check_store(cfg.tracking, experiment_name(cfg))
 

@@ -27,6 +27,7 @@ from tasks.datasets import check_source, dataset_name
 from tasks.evaluate import evaluate_model
 from tasks.explain import explain_model
 from tasks.metrics import HEADLINE
+from tasks.storage import check_writable
 from tasks.train import (
     check_objective,
     check_params,
@@ -159,6 +160,7 @@ def check_and_load(cfg: PipelineConfig) -> Loaded:
     check_params(cfg.train.params)
     check_objective(cfg.data.task, cfg.train.params)
     check_source(cfg.data)
+    check_writable(cfg.data.workspace)
     tracking.check_store(cfg.tracking, experiment_name(cfg))
     loaded = load_data(cfg.data, cfg.split, cfg.explain.row_ids if cfg.explain.enabled else ())
     check_objective(loaded.info.task, cfg.train.params)
@@ -193,15 +195,15 @@ def train_loaded(
             run_name=cfg.tracking.run_name or str(runtime.flow_run.name),
             tags=tags,
         ) as run,
-        _workspace(Path(cfg.data.workspace).resolve() / str(runtime.flow_run.id)) as workspace,
+        _workspace(cfg.data.workspace, str(runtime.flow_run.id)) as (workspace, shared),
     ):
         tracking.log_params(run.run_id, tracking.flatten(cfg.model_dump(mode="json")))
         card = _report(run, cfg)
         recording = record_data.submit(
-            loaded, workspace, run.run_id, cfg.explain.app_rows, cfg.split.seed
+            loaded, workspace, run.run_id, cfg.explain.app_rows, cfg.split.seed, shared
         )
         cluster = starting.result()
-        check_shared_folder(cluster, workspace)
+        check_shared_folder(cluster, shared)
         if cluster.dashboard:
             get_run_logger().info(
                 "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
@@ -254,22 +256,36 @@ def train_loaded(
 
 
 @contextmanager
-def _workspace(path: Path) -> Iterator[str]:
-    """The run's folder for the Parquet splits and the model file, removed however it ends;
-    folders that runs killed outright left behind are removed first."""
-    from tasks import processes
+def _workspace(location: str, run: str) -> Iterator[tuple[str, str]]:
+    """The run's local folder (the model file, the example, SHAP values) and where its Parquet
+    splits go for the workers: the same folder, or `<URL>/<run>` when `data.workspace` is an
+    fsspec URL (the local folder is then under the default `mlruns/workspace`). Both are removed
+    however the run ends; local folders that runs killed outright left behind go first."""
+    from tasks import processes, storage
+    from tasks.config import DataConfig
 
+    url = storage.is_url(location)
+    local_root = DataConfig.model_fields["workspace"].default if url else location
+    path = Path(local_root).resolve() / run
     for gone in processes.sweep_workspaces(path.parent):
         get_run_logger().warning("Removed the workspace of a run whose process died: %s", gone)
     path.mkdir(parents=True, exist_ok=True)
     processes.claim(path)
+    shared = storage.join(location, run) if url else str(path)
     try:
-        yield str(path)
+        if url:
+            storage.make_dir(shared)
+        yield str(path), shared
     except BaseException:
         _keep_model(path)
         raise
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        if url:
+            try:
+                storage.remove(shared)
+            except Exception as exc:  # the run's outcome stands; say what is left behind
+                get_run_logger().warning("Could not remove the splits at %s: %s", shared, exc)
 
 
 def _keep_model(workspace: Path) -> None:

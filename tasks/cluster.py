@@ -207,33 +207,31 @@ def background_cluster(cfg: ClusterConfig) -> Iterator[Future[ClusterHandle]]:
                 pool.submit(manager.__exit__, None, None, None).result()
 
 
-def _sees(path: str) -> bool:
-    return os.path.isfile(path)
-
-
 def check_shared_folder(handle: ClusterHandle, folder: str) -> None:
-    """Workers of a cluster this run did not start read the run's splits from `folder`: check
-    that every one of them sees a file written there now (a folder of the same name on another
-    machine is not enough), before anything trains.
+    """Workers read the run's splits from `folder`: check that every one of them sees a file
+    written there now (a folder of the same name on another machine is not enough; a URL whose
+    protocol a worker lacks, or `memory://`, which is per process, fails too), before anything
+    trains. A local folder with a local cluster needs no check.
 
     Raises:
         ConfigError: naming the workers that cannot read it and the key to change.
     """
-    if handle.kind != "address":
-        return  # local workers share this machine's file system
-    import uuid
+    from tasks import storage
 
-    probe = os.path.join(os.path.abspath(folder), f".probe-{uuid.uuid4().hex}")
-    with open(probe, "w") as out:
-        out.write("glassbox")
+    if handle.kind != "address" and not storage.is_url(folder):
+        return  # local workers share this machine's file system
+    if not storage.is_url(folder):
+        folder = os.path.abspath(folder)
+    probe = storage.write_probe(folder)
     try:
-        seen = handle.client.run(_sees, probe)
+        seen = handle.client.run(storage.sees, probe)
     finally:
-        os.remove(probe)
+        storage.remove_file(probe)
     blind = sorted(worker for worker, ok in seen.items() if not ok)
     if blind:
         raise ConfigError(
             f"data.workspace: {len(blind)} of {len(seen)} Dask workers cannot read "
-            f"{os.path.abspath(folder)} ({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''})"
-            "; set data.workspace to storage shared by this machine and every worker"
+            f"{folder} ({', '.join(blind[:3])}{', ...' if len(blind) > 3 else ''})"
+            "; set data.workspace to storage shared by this machine and every worker "
+            "(a folder mounted at the same path everywhere, or an fsspec URL such as s3://...)"
         )

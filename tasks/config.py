@@ -131,7 +131,8 @@ class DataConfig(_Stage):
     )
     workspace: str = Field(
         "mlruns/workspace",
-        description="folder for the per-run Parquet splits; Dask workers must be able to read it",
+        description="where the per-run Parquet splits go: a folder, or an fsspec URL "
+        "(s3://bucket/prefix) for workers on other machines; every Dask worker must read it",
     )
 
 

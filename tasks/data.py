@@ -279,9 +279,10 @@ def dask_split(path: str | Path, info: DatasetInfo) -> tuple[Any, Any]:
     schema, so the client does not read the data.
     """
     import dask.dataframe as dd
-    import pyarrow.parquet as pq
 
-    meta = pq.read_schema(path).empty_table().to_pandas().astype(info.feature_dtypes())
+    from tasks.storage import parquet_schema
+
+    meta = parquet_schema(str(path)).empty_table().to_pandas().astype(info.feature_dtypes())
     frame = dd.from_map(pd.read_parquet, [str(path)], meta=meta, enforce_metadata=False)
     frame = frame.astype(info.feature_dtypes()) if info.categories else frame
     return frame[info.features], frame[info.target]
@@ -344,15 +345,23 @@ def load_data(cfg: DataConfig, split: SplitConfig, row_ids: tuple[Any, ...] = ()
 
 @task(name="record-data", cache_policy=NO_CACHE)
 def record_data(
-    loaded: Loaded, workspace: str, run_id: str, keep_rows: int = 0, seed: int = 0
+    loaded: Loaded,
+    workspace: str,
+    run_id: str,
+    keep_rows: int = 0,
+    seed: int = 0,
+    shared: str | None = None,
 ) -> dict[str, str]:
-    """Write the splits (and the raw example) into the workspace as Parquet; log the data set,
+    """Write the splits as Parquet where the workers read them (`shared`, a folder or an
+    fsspec URL; default the workspace) and the raw example into the workspace; log the data set,
     its description, the profile, each split's class balance and up to `keep_rows` raw test
-    rows (`kept_test_rows`). Returns the splits' paths."""
+    rows (`kept_test_rows`). Returns the splits' locations."""
+    from tasks import storage
+
     info = loaded.info
     paths = {}
     for split, part in loaded.parts.items():
-        paths[split] = str(Path(workspace) / f"{split}.parquet")
+        paths[split] = storage.join(shared or workspace, f"{split}.parquet")
         part.to_parquet(paths[split])
     loaded.example.to_parquet(Path(workspace) / EXAMPLE_FILE)
     if keep_rows and loaded.test_rows is not None:

@@ -98,6 +98,29 @@ def test_workers_that_cannot_read_the_workspace_stop_the_run(two_machines):
         assert all(handle.client.run(Path.is_dir, workspace).values())
 
 
+def test_a_url_workspace_is_probed_on_every_worker_of_any_cluster(tmp_path):
+    from tasks import storage
+
+    shared = tmp_path / "shared"
+    storage.check_writable(f"file://{shared}")  # this machine writes and reads it back
+    with dask_cluster(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1)) as handle:
+        check_shared_folder(handle, f"file://{shared}")  # every worker reads the probe
+        assert list(shared.iterdir()) == []  # and it is gone
+        # memory:// lives in one process: this one writes, the workers see nothing
+        storage.check_writable("memory://glassbox-ws")
+        with pytest.raises(
+            ConfigError, match=r"^data\.workspace: 2 of 2 Dask workers cannot read memory://"
+        ):
+            check_shared_folder(handle, "memory://glassbox-ws")
+
+
+def test_a_url_this_machine_cannot_write_is_one_line():
+    from tasks import storage
+
+    with pytest.raises(ConfigError, match=r"^data\.workspace: cannot write to nope://bucket/x: "):
+        storage.check_writable("nope://bucket/x")
+
+
 def test_local_clusters_are_not_probed(tmp_path):
     with dask_cluster(ClusterConfig(kind="local", n_workers=1, threads_per_worker=1)) as handle:
         check_shared_folder(handle, str(tmp_path / "not-even-there"))

@@ -427,6 +427,26 @@ def test_bad_input_stops_before_any_run_exists_and_leaves_the_store_as_it_was(
     assert not workspace.exists() or not any(workspace.iterdir())
 
 
+def test_splits_go_to_an_fsspec_url_and_the_run_equals_one_on_a_local_folder(
+    store, client, tmp_path
+):
+    shared = tmp_path / "shared"
+    quick = {"explain.enabled": False}
+    local = _run(store, "wine", num_boost_round=20, overrides=quick)
+    remote = _run(
+        store, "wine", num_boost_round=20, overrides={**quick, "data.workspace": f"file://{shared}"}
+    )
+    a, b = (client.get_run(r["run_id"]).data.metrics for r in (local, remote))
+    test_a = {k: v for k, v in a.items() if k.startswith("test_")}
+    assert test_a and test_a == {k: v for k, v in b.items() if k.startswith("test_")}
+    assert client.get_run(remote["run_id"]).data.params["data.workspace"] == f"file://{shared}"
+    assert shared.is_dir() and list(shared.iterdir()) == []  # the run's splits were removed
+    bad = {"data.workspace": "nope://x", "tracking.experiment": "never-made"}
+    with pytest.raises(ConfigError, match="^data.workspace: cannot write to nope://x: "):
+        _run(store, "wine", num_boost_round=20, overrides=bad)
+    assert client.get_experiment_by_name("never-made") is None
+
+
 def test_bad_config_fails_before_any_run_is_created(store, client):
     with pytest.raises(ConfigError, match="train.params: unknown XGBoost parameter"):
         _run(store, overrides={"train.params.max_dpth": 3, "tracking.experiment": "never-created"})
