@@ -50,7 +50,7 @@ def configurations(plan: Any, n: int, seed: int) -> list[dict[str, Any]]:
     """n configurations drawn at random from the task's default space (seeded)."""
     import optuna
 
-    from tasks.sweep import distributions, with_sampled
+    from tasks.space import distributions, with_sampled
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))

@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(str(path), overrides)
             _check(cfg)
             if args.command == "sweep":
-                from flows.sweep import check_sweep
+                from tasks.space import check_sweep
 
                 check_sweep(cfg)
         elif args.command == "promote":

@@ -33,18 +33,8 @@ from tasks.cluster import dask_cluster
 from tasks.config import PipelineConfig, validate_config
 from tasks.data import Loaded
 from tasks.datasets import dataset_name
-from tasks.sweep import (
-    Finished,
-    Plan,
-    best_trial,
-    check_space,
-    importances,
-    resolve_metric,
-    resolve_space,
-    search,
-    trial_table,
-    with_sampled,
-)
+from tasks.space import check_space, check_sweep, resolve_metric, resolve_space, with_sampled
+from tasks.sweep import Finished, Plan, best_trial, log_sweep, run_trials
 from tasks.train import xgb_params
 
 ROLE_TAG = "glassbox.sweep.role"  # parent, trial or refit
@@ -97,13 +87,6 @@ def sweep(
         }
     )
     return run_sweep(cfg)
-
-
-def check_sweep(cfg: PipelineConfig) -> None:
-    """What can be checked of the sweep without the data (a space given in the config: every
-    parameter known to XGBoost, both ends and every choice accepted)."""
-    if cfg.sweep.space is not None:
-        check_space(dict(cfg.sweep.space), cfg.train.params)
 
 
 def plan_sweep(cfg: PipelineConfig, loaded: Loaded, device: str = "cpu") -> Plan:
@@ -188,7 +171,7 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
 
             start = time.perf_counter()
             data = cluster.client.scatter(_trial_data(loaded), broadcast=True, hash=False)
-            finished = search(
+            finished = run_trials(
                 cluster.client, data, plan, parallel, _trial_logger(parent, plan, flow_run)
             )
             seconds = time.perf_counter() - start
@@ -197,7 +180,7 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
             raise RuntimeError(
                 f"no trial finished: {finished[0].error if finished else 'none started'}"
             )
-        _log_summary(parent, plan, finished, best, seconds)
+        log_sweep(parent, plan, finished, best, seconds)
         result: dict[str, Any] = {
             "run_id": parent.run_id,
             "experiment_id": parent.experiment_id,
@@ -296,51 +279,6 @@ def _trial_logger(parent: tracking.RunRef, plan: Plan, flow_run: str) -> Any:
         )
 
     return on_finished
-
-
-def _log_summary(
-    parent: tracking.RunRef, plan: Plan, finished: list[Finished], best: Finished, seconds: float
-) -> None:
-    """The parent's best value and trial, counts, the trial table and the figures."""
-    from tasks import sweep_figures as figs
-
-    complete = sum(t.state == "complete" for t in finished)
-    tracking.log_metrics(
-        parent.run_id,
-        {
-            f"best_valid_{plan.metric}": float(best.value or 0.0),
-            "best_trial": best.number,
-            "trials_finished": complete,
-            "trials_failed": len(finished) - complete,
-            "sweep_seconds": seconds,
-            "trials_per_minute": 60 * len(finished) / seconds if seconds else 0.0,
-        },
-    )
-    tracking.log_params(parent.run_id, {f"best.{k}": v for k, v in best.params.items()})
-    table = trial_table(finished, plan.space, plan.metric)
-    tracking.log_text(parent.run_id, table.to_csv(index=False), "sweep/trials.csv")
-    tracking.log_figure(
-        parent.run_id,
-        figs.optimization_history(table, plan.metric, plan.direction),
-        "sweep/optimization_history.png",
-    )
-    tracking.log_figure(
-        parent.run_id,
-        figs.parallel_coordinates(table, plan.space, plan.metric, plan.direction),
-        "sweep/parallel_coordinates.png",
-    )
-    tracking.log_figure(
-        parent.run_id, figs.slices(table, plan.space, plan.metric), "sweep/slices.png"
-    )
-    scores = importances(finished, plan)
-    if scores:
-        # after the `sweep/` curves in MLflow's chart sections (sorted by name)
-        tracking.log_metrics(parent.run_id, {f"sweep_importance/{k}": v for k, v in scores.items()})
-        tracking.log_figure(
-            parent.run_id,
-            figs.importance_bars(scores, complete),
-            "sweep/param_importances.png",
-        )
 
 
 def _refit(

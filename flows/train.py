@@ -28,13 +28,8 @@ from tasks.evaluate import evaluate_model
 from tasks.explain import explain_model
 from tasks.metrics import HEADLINE
 from tasks.storage import check_writable
-from tasks.train import (
-    check_objective,
-    check_params,
-    log_model,
-    register_model,
-    train_model,
-)
+from tasks.train import log_model, register_model, train_model
+from tasks.xgb_checks import check_objective, check_params
 
 
 class _NoUserErrorTraceback(logging.Filter):

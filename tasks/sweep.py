@@ -18,156 +18,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-from tasks.config import ConfigError, Dimension, SweepConfig, TaskType
-from tasks.promotion import LOWER_IS_BETTER, primary_metric
+from tasks import tracking
+from tasks.config import Dimension, TaskType
+from tasks.space import Direction, distributions, with_sampled
 
-Direction = Literal["maximize", "minimize"]
-
-
-def _dims(raw: dict[str, dict[str, Any]]) -> dict[str, Dimension]:
-    return {name: Dimension(**spec) for name, spec in raw.items()}
-
-
-_CLASSIFIER_SPACE = {
-    "max_depth": {"type": "int", "low": 2, "high": 10},
-    "learning_rate": {"type": "float", "low": 0.01, "high": 0.3, "log": True},
-    # Classification hessians are p(1-p): small weights keep leaves for rare classes possible.
-    "min_child_weight": {"type": "float", "low": 0.1, "high": 20, "log": True},
-    "subsample": {"type": "float", "low": 0.5, "high": 1.0},
-    "colsample_bytree": {"type": "float", "low": 0.5, "high": 1.0},
-    "reg_lambda": {"type": "float", "low": 0.001, "high": 10, "log": True},
-    "reg_alpha": {"type": "float", "low": 0.001, "high": 10, "log": True},
-}
-# The default space per task: the parameters that move gradient-boosted trees most, with ranges
-# from XGBoost's tuning guide.
-DEFAULT_SPACE: dict[TaskType, dict[str, Dimension]] = {
-    "binary": _dims(_CLASSIFIER_SPACE),
-    "multiclass": _dims(_CLASSIFIER_SPACE),
-    "regression": _dims(
-        {
-            **_CLASSIFIER_SPACE,
-            # squared error's hessian is 1 a row: min_child_weight counts rows here
-            "min_child_weight": {"type": "float", "low": 1, "high": 50, "log": True},
-        }
-    ),
-}
-# Valid-split metrics a sweep can optimise, per task (names as in the runs' test metrics).
-METRICS: dict[TaskType, tuple[str, ...]] = {
-    "binary": (
-        "average_precision",
-        "roc_auc",
-        "log_loss",
-        "brier_score",
-        "f1_score",
-        "accuracy_score",
-        "balanced_accuracy_score",
-        "matthews_corrcoef",
-    ),
-    "multiclass": (
-        "log_loss",
-        "accuracy_score",
-        "balanced_accuracy_score",
-        "f1_macro",
-        "roc_auc_macro",
-    ),
-    "regression": ("root_mean_squared_error", "mean_absolute_error", "r2_score"),
-}
-# Parameters a sweep must not vary: the task decides them.
-_FIXED = {"objective": "the task", "eval_metric": "the task (early stopping uses it)"}
-# XGBoost's parameter aliases: a sampled `eta` must replace a configured `learning_rate`.
-ALIASES = (
-    {"eta", "learning_rate"},
-    {"lambda", "reg_lambda"},
-    {"alpha", "reg_alpha"},
-    {"gamma", "min_split_loss"},
-    {"seed", "random_state"},
-)
 IMPORTANCE_MIN_TRIALS = 10  # parameter importances (fANOVA) are noise below this
-
-
-def with_sampled(params: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any]:
-    """`params` with the sampled values in, a configured alias of a sampled name taken out
-    (XGBoost would otherwise get both `learning_rate` and `eta`, and one would silently win)."""
-    covered = set(sampled)
-    for group in ALIASES:
-        if group & covered:
-            covered |= group
-    return {**{k: v for k, v in params.items() if k not in covered}, **sampled}
-
-
-def resolve_space(cfg: SweepConfig, task: TaskType) -> dict[str, Dimension]:
-    """The configured space, or the task's default."""
-    return dict(cfg.space) if cfg.space is not None else dict(DEFAULT_SPACE[task])
-
-
-def check_space(space: dict[str, Dimension], train_params: dict[str, Any]) -> None:
-    """Ask XGBoost whether it knows every parameter of the space and takes both ends of each
-    range and every choice, before any trial runs.
-
-    Raises:
-        ConfigError: naming the parameter (`sweep.space.<name>`) and the problem.
-    """
-    from tasks.train import check_params
-
-    if not space:
-        raise ConfigError("sweep.space: empty; name at least one XGBoost parameter to vary")
-    for name, why in _FIXED.items():
-        if name in space:
-            raise ConfigError(f"sweep.space.{name}: set from {why}, not searched")
-    for group in ALIASES:
-        if len(group & set(space)) > 1:
-            raise ConfigError(f"sweep.space: {' and '.join(sorted(group))} are one parameter")
-    for name, dim in space.items():
-        for value in dim.values or (_end(dim, 0), _end(dim, 1)):
-            check_params(with_sampled(train_params, {name: value}), f"sweep.space.{name}")
-    # parameters that exclude each other
-    for which in (0, 1):
-        sampled = {k: _end(d, which) for k, d in space.items()}
-        check_params(with_sampled(train_params, sampled), "sweep.space")
-
-
-def _end(dim: Dimension, which: int) -> Any:
-    if dim.values:
-        return dim.values[which % len(dim.values)]
-    value = dim.low if which == 0 else dim.high
-    return int(value) if dim.type == "int" else value  # type: ignore[arg-type]
-
-
-def resolve_metric(
-    metric: str, task: TaskType, positive_share: float | None
-) -> tuple[str, Direction]:
-    """The metric to optimise and its direction; `auto` is the retraining gate's primary metric.
-
-    Raises:
-        ConfigError: the metric does not fit the task.
-    """
-    name = primary_metric(task, positive_share) if metric == "auto" else metric
-    if name not in METRICS[task]:
-        raise ConfigError(
-            f"sweep.metric: '{name}' does not fit the task '{task}' (metrics for {task}: "
-            f"{', '.join(METRICS[task])})"
-        )
-    return name, "minimize" if name in LOWER_IS_BETTER else "maximize"
-
-
-def distributions(space: dict[str, Dimension]) -> dict[str, Any]:
-    """Optuna's distributions for the space."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )
-
-    out: dict[str, Any] = {}
-    for name, d in space.items():
-        if d.type == "choice":
-            out[name] = CategoricalDistribution(list(d.values or ()))
-        elif d.type == "int":
-            out[name] = IntDistribution(int(d.low), int(d.high), log=d.log)  # type: ignore[arg-type]
-        else:
-            out[name] = FloatDistribution(d.low, d.high, log=d.log)  # type: ignore[arg-type]
-    return out
 
 
 @dataclass(frozen=True)
@@ -366,3 +224,67 @@ def _finish(study: Any, trial: Any, number: int, params: dict[str, Any], future:
         return Finished(number, params, "failed", result=result, error="the metric is NaN")
     study.tell(trial, value)
     return Finished(number, params, "complete", value, result)
+
+
+# --------------------------------------------------------------------------------------------
+# Prefect tasks
+
+
+@task(name="run-trials", cache_policy=NO_CACHE)
+def run_trials(
+    client: Any,
+    data: Any,
+    plan: Plan,
+    parallel: int,
+    on_finished: Callable[[Finished, Finished | None, int], None],
+) -> list[Finished]:
+    """`search`, as one task in the flow's graph (called in the flow's thread, so that a
+    cancellation reaches the loop that stops the trials)."""
+    return search(client, data, plan, parallel, on_finished)
+
+
+@task(name="log-sweep", cache_policy=NO_CACHE)
+def log_sweep(
+    parent: tracking.RunRef, plan: Plan, finished: list[Finished], best: Finished, seconds: float
+) -> None:
+    """The parent's best value and trial, counts, the trial table and the figures."""
+    from tasks import sweep_figures as figs
+    from tasks import tracking
+
+    complete = sum(t.state == "complete" for t in finished)
+    tracking.log_metrics(
+        parent.run_id,
+        {
+            f"best_valid_{plan.metric}": float(best.value or 0.0),
+            "best_trial": best.number,
+            "trials_finished": complete,
+            "trials_failed": len(finished) - complete,
+            "sweep_seconds": seconds,
+            "trials_per_minute": 60 * len(finished) / seconds if seconds else 0.0,
+        },
+    )
+    tracking.log_params(parent.run_id, {f"best.{k}": v for k, v in best.params.items()})
+    table = trial_table(finished, plan.space, plan.metric)
+    tracking.log_text(parent.run_id, table.to_csv(index=False), "sweep/trials.csv")
+    tracking.log_figure(
+        parent.run_id,
+        figs.optimization_history(table, plan.metric, plan.direction),
+        "sweep/optimization_history.png",
+    )
+    tracking.log_figure(
+        parent.run_id,
+        figs.parallel_coordinates(table, plan.space, plan.metric, plan.direction),
+        "sweep/parallel_coordinates.png",
+    )
+    tracking.log_figure(
+        parent.run_id, figs.slices(table, plan.space, plan.metric), "sweep/slices.png"
+    )
+    scores = importances(finished, plan)
+    if scores:
+        # after the `sweep/` curves in MLflow's chart sections (sorted by name)
+        tracking.log_metrics(parent.run_id, {f"sweep_importance/{k}": v for k, v in scores.items()})
+        tracking.log_figure(
+            parent.run_id,
+            figs.importance_bars(scores, complete),
+            "sweep/param_importances.png",
+        )

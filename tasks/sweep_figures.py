@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 
 from tasks.config import Dimension
 from tasks.figures import _figure, style
-from tasks.sweep import Direction, best_so_far
+from tasks.space import Direction
+from tasks.sweep import best_so_far
 
 LABEL_BOX = {"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85}
 

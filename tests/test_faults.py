@@ -160,6 +160,55 @@ def test_ctrl_c_and_sigterm_end_the_run_in_seconds_and_leave_nothing(
     assert list((tmp_path / "workspace").iterdir()) == []
 
 
+def test_ctrl_c_in_a_sweep_keeps_the_finished_trials_and_leaves_nothing(tmp_path):
+    """Ctrl-C while trials train: the trials in flight stop, the finished ones stay as
+    FINISHED child runs, the sweep's run ends KILLED, nothing is registered, no process of the
+    command (its own Prefect server, its Dask cluster) is left."""
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env["GLASSBOX_TEST_MARK"] = mark
+    sets = [
+        *_sets(tmp_path),
+        *("--set", "train.num_boost_round=3000", "--set", "train.early_stopping_rounds=null"),
+        *("--set", "data.rows=40000", "--set", "explain.enabled=false"),
+    ]
+    proc = subprocess.Popen(
+        [GLASSBOX, "sweep", "fraud", "--trials", "100", *sets],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if "trial " in line and "left" in line and len([s for s in seen if " left" in s]) >= 2:
+            break
+    else:
+        pytest.fail("no trial finished:\n" + "".join(seen[-40:]))
+    assert not any("Starting temporary server" in line for line in seen)  # the command's own
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130, rest[-3000:]
+    assert "the finished trials are kept" in rest.strip().splitlines()[-1]
+    time.sleep(2)
+    assert _marked_processes(mark) == []
+    runs = _runs(tmp_path)
+    [parent] = [r for r in runs if r.data.tags.get("glassbox.sweep.role") == "parent"]
+    assert parent.info.status == "KILLED"
+    assert parent.data.tags["glassbox.failure_reason"] == "interrupted (Ctrl-C, SIGINT)"
+    trials = [r for r in runs if r.data.tags.get("glassbox.sweep.role") == "trial"]
+    assert len(trials) >= 2 and {r.info.status for r in trials} == {"FINISHED"}
+    assert {r.data.metrics["rounds_trained"] for r in trials} == {3000}
+    assert len(runs) == len(trials) + 1  # no refit
+
+
 def test_after_kill_9_no_process_is_left_and_the_next_run_cleans_up(tmp_path):
     """kill -9 runs no handler: the command's children die with it (the Prefect server by the
     parent-death signal), and the next run ends the orphaned MLflow run FAILED and removes

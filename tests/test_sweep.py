@@ -17,17 +17,8 @@ from sklearn import metrics as skm
 
 from flows.cli import main
 from tasks.config import ConfigError, Dimension, SweepConfig
-from tasks.sweep import (
-    DEFAULT_SPACE,
-    Finished,
-    Plan,
-    best_so_far,
-    best_trial,
-    check_space,
-    resolve_metric,
-    search,
-    trial_table,
-)
+from tasks.space import DEFAULT_SPACE, check_space, resolve_metric, with_sampled
+from tasks.sweep import Finished, Plan, best_so_far, best_trial, search, trial_table
 from tasks.trials import TrialData, run_trial
 
 
@@ -88,8 +79,6 @@ def test_the_metric_must_fit_the_task_and_auto_is_the_gates_primary_metric():
 
 
 def test_a_sampled_alias_replaces_the_configured_parameter():
-    from tasks.sweep import with_sampled
-
     configured = {"learning_rate": 0.1, "max_depth": 4, "reg_lambda": 2.0}
     assert with_sampled(configured, {"eta": 0.02}) == {
         "max_depth": 4,

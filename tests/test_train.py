@@ -7,7 +7,8 @@ import pytest
 
 from tasks.cluster import dask_cluster, worker_env
 from tasks.config import ClusterConfig, ConfigError
-from tasks.train import IMBALANCE, best_iteration, check_params, fit, xgb_params
+from tasks.train import IMBALANCE, best_iteration, fit, xgb_params
+from tasks.xgb_checks import check_params
 
 
 def _dask(n: int, seed: int, npartitions: int = 2):
@@ -198,7 +199,7 @@ def test_dashboard_on_request_is_the_real_one_on_loopback():
 
 
 def test_an_objective_that_contradicts_the_task_is_refused_naming_both():
-    from tasks.train import check_objective
+    from tasks.xgb_checks import check_objective
 
     with pytest.raises(
         ConfigError,
