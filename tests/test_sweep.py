@@ -205,6 +205,32 @@ def test_trials_run_side_by_side_up_to_parallel(cluster):
     assert _overlaps(side_by_side) >= 3  # two workers' threads busy at once
 
 
+def test_a_timeout_stops_new_trials_and_lets_the_running_ones_finish(cluster):
+    import dataclasses
+    import time
+
+    data = cluster.client.scatter(_digits(), broadcast=True, hash=False)
+    plan = dataclasses.replace(_plan(10_000, 0), timeout=1.5)
+    began = time.monotonic()
+    finished = search(cluster.client, data, plan, 2, lambda *_: None)
+    assert 2 <= len(finished) < 10_000
+    assert time.monotonic() - began < 1.5 + max(t.result["seconds"] for t in finished) + 5
+    assert all(t.state == "complete" for t in finished)  # none cut short
+
+
+def test_trials_xgboost_refuses_are_failed_trials_with_the_reason(cluster):
+    import dataclasses
+
+    data = cluster.client.scatter(_digits(), broadcast=True, hash=False)
+    plan = _plan(3, 0)
+    plan = dataclasses.replace(plan, base_params={**plan.base_params, "num_class": 2})
+    reported = []
+    finished = search(cluster.client, data, plan, 2, lambda one, best, left: reported.append(best))
+    assert [t.state for t in finished] == ["failed"] * 3
+    assert all(t.error.startswith("XGBoostError: ") for t in finished)
+    assert reported == [None, None, None]  # no best while every trial fails
+
+
 # --------------------------------------------------------------------------------------------
 # The flow
 
