@@ -21,7 +21,7 @@ from flows.config import (
     parse_assignment,
     preset_path,
 )
-from tasks import platform
+from tasks import platform, runner
 from tasks.config import ConfigError
 from tasks.datasets import check_source
 from tasks.platform import Ports
@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     commands.add_parser("down", help="stop what `glassbox up` started")
     commands.add_parser("status", help="the local platform's parts, pids and addresses")
     args = parser.parse_args(argv)
+    if args.command in runner.DELEGATED:
+        code = _in_runner(sys.argv[1:] if argv is None else argv)
+        if code is not None:
+            return code
     if args.command in ("up", "down", "status"):
         return _platform(args)
     if args.command == "app":
@@ -152,6 +156,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "models":
         return _models(tracking_cfg, args.model)
     return _lifecycle(args, path, overrides)
+
+
+def _in_runner(argv: list[str]) -> int | None:
+    """While `glassbox up` runs, a flow command runs in its warm runner (`tasks.runner`):
+    everything is imported there already. None: run it here (no runner, or already in it,
+    or `GLASSBOX_NO_RUNNER` set)."""
+    if os.environ.get(runner.IN_RUNNER_ENV) or os.environ.get(runner.OFF_ENV):
+        return None
+    state = platform.running()
+    if state is None or "runner" not in state.processes:
+        return None
+    # A user's own Prefect API wins: the runner talks to the platform's.
+    api = os.environ.get("PREFECT_API_URL")
+    if api and api != state.prefect_api:
+        return None
+    return runner.delegate(platform.runner_socket(platform.home_dir()), argv)
 
 
 def _check(cfg: Any) -> None:

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from tasks import runner
 from tasks.config import DEFAULT_STORE
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ POOL = "glassbox"
 STATE_FILE = "platform.json"
 BIN = Path(sys.executable).parent
 # Start order; `down` stops them in reverse.
-PARTS = ("mlflow", "prefect-server", "dask-scheduler", "dask-worker", "prefect-worker")
+PARTS = ("mlflow", "prefect-server", "dask-scheduler", "dask-worker", "prefect-worker", "runner")
 
 
 class PlatformError(RuntimeError):
@@ -261,7 +262,15 @@ def plan(settings: Settings) -> list[Part]:
             # A run from the UI starts within 2 s, not Prefect's default 10 (a user's setting wins).
             {"PREFECT_WORKER_QUERY_SECONDS": "2", **env},
         ),
+        # Commands from this folder fork from it, with everything imported (`tasks.runner`).
+        Part(
+            "runner", [sys.executable, "-m", "tasks.runner", str(runner_socket(settings.home))], env
+        ),
     ]
+
+
+def runner_socket(home: Path) -> Path:
+    return home / "runner.sock"
 
 
 def for_run(cfg: PipelineConfig, state: State | None) -> PipelineConfig:
@@ -410,6 +419,7 @@ def _checks(settings: Settings) -> dict[str, Callable[[], bool]]:
         "dask-scheduler": lambda: _http_ok(f"http://127.0.0.1:{settings.ports.dashboard}/health"),
         "dask-worker": _workers_ready(settings, settings.gpus or settings.workers),
         "prefect-worker": _pool_worker_online(settings),
+        "runner": lambda: runner.ping(runner_socket(settings.home)),
     }
 
 

@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -79,18 +80,26 @@ def _processes(home: Path) -> list[psutil.Process]:
 
 def test_up_starts_every_part_healthy_and_twice_is_harmless(up):
     first = up["up"].stdout
-    for part in ("mlflow", "prefect-server", "dask-scheduler", "dask-worker", "prefect-worker"):
+    parts = (
+        "mlflow",
+        "prefect-server",
+        "dask-scheduler",
+        "dask-worker",
+        "prefect-worker",
+        "runner",
+    )
+    for part in parts:
         assert f"{part}" in first and "started in" in first
     assert "prefect.yaml deployed" in first
     before = sorted(p.pid for p in _processes(up["home"]))
     again = _glassbox(up["env"], "up", *up["args"], "--no-deploy")
     assert again.returncode == 0, again.stderr
-    assert again.stdout.count("already running") == 5
+    assert again.stdout.count("already running") == 6
     assert sorted(p.pid for p in _processes(up["home"])) == before
     assert httpx.get(f"{up['mlflow']}/health").status_code == 200
     assert httpx.get(f"{up['prefect']}/api/health").status_code == 200
     status = _glassbox(up["env"], "status").stdout
-    assert status.count(" up ") == 5 and up["store"] in status
+    assert status.count(" up ") == 6 and up["store"] in status
     # every listening socket of the platform is on loopback
     for proc in _processes(up["home"]):
         try:
@@ -145,6 +154,86 @@ def test_a_cli_run_uses_the_platform_and_links_both_ways(up):
     assert f"]({run_url})" in cards[0]["data"]
     assert f"]({run_url}/artifacts/explanations/index.html)" in cards[0]["data"]
     assert "| test_log_loss |" in cards[0]["data"]  # the final version, not the start stub
+
+
+def _runner_log(up) -> str:
+    return (up["home"] / "logs" / "runner.log").read_text()
+
+
+def _slow_fraud(up) -> subprocess.Popen:
+    """`glassbox train` as a terminal runs it (a session of its own), returned once it trains."""
+    proc = subprocess.Popen(
+        [
+            GLASSBOX,
+            "train",
+            "fraud",
+            "--set",
+            "data.rows=60000",
+            "--set",
+            "explain.enabled=false",
+            "--set",
+            "train.num_boost_round=5000",
+            "--set",
+            "train.early_stopping_rounds=null",
+        ],
+        cwd=ROOT,
+        env=up["env"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if "round 25:" in line:
+            return proc
+    pytest.fail("it never trained:\n" + "".join(seen[-30:]))
+
+
+def _runner_children(up) -> list[psutil.Process]:
+    state = json.loads((up["home"] / "platform.json").read_text())
+    return psutil.Process(state["processes"]["runner"]["pid"]).children(recursive=True)
+
+
+def test_commands_run_in_the_warm_runner_with_the_users_output_exit_status_and_signals(up):
+    import signal
+
+    # the child writes to the command's own stdout and stderr, and its exit status comes back
+    bad = _glassbox(up["env"], "train", "--set", "train.num_boost_round=0")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        "glassbox: invalid config: train.num_boost_round: Input should be greater than or "
+        "equal to 1 (got 0)"
+    ]
+    assert "glassbox train --set train.num_boost_round=0" in _runner_log(up)
+    assert "exited with 2" in _runner_log(up)
+    # Ctrl-C reaches the command's group; the command hands it to the run
+    proc = _slow_fraud(up)
+    os.killpg(proc.pid, signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert rest.strip().splitlines()[-1].startswith("glassbox: interrupted")
+    # kill -9 of the command: the runner ends its run (SIGTERM), nothing of it is left
+    proc = _slow_fraud(up)
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 30
+    while _runner_children(up) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _runner_children(up) == []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(up["store"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("glassbox-fraud").experiment_id],
+        order_by=["attributes.start_time ASC"],
+    )
+    reasons = [(r.info.status, r.data.tags.get("glassbox.failure_reason")) for r in runs[-2:]]
+    assert reasons == [
+        ("KILLED", "interrupted (Ctrl-C, SIGINT)"),
+        ("FAILED", "terminated by SIGTERM"),
+    ]
 
 
 def test_a_config_error_in_a_deployment_run_is_one_line(up):

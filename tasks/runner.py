@@ -1,0 +1,322 @@
+"""A warm runner for `glassbox` commands while `glassbox up` runs: one process that has imported
+Prefect, MLflow, XGBoost, Dask and the flows once, and forks a child per command.
+
+A command (`glassbox train`, `sweep`, `retrain`, `promote`, `rollback`) connects to the runner's
+Unix socket (in the platform's home, readable by its user only) and hands over its argv, working
+folder, environment and its stdin, stdout and stderr (file descriptors, `SCM_RIGHTS`). The forked
+child runs `flows.cli.main` with them, so its output goes straight to the user's terminal, and
+starts in milliseconds instead of the seconds the imports take. The command then waits, forwards
+Ctrl-C (SIGINT), SIGTERM and SIGHUP to the child, and exits with the child's exit status.
+
+If the command dies (`kill -9`), the runner sees its connection close and ends the child with
+SIGTERM (the run ends FAILED with the reason, as a command's own SIGTERM would), SIGKILL after
+`GRACE` seconds. The runner is single-threaded (a selector loop), so forking it is safe: no
+other thread can hold a lock the child would inherit.
+
+Pure protocol helpers on top; `serve` (the runner) and `delegate` (the command's side) below.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+SOCKET_FILE = "runner.sock"
+IN_RUNNER_ENV = "GLASSBOX_IN_RUNNER"  # set in a forked child: it must not delegate again
+OFF_ENV = "GLASSBOX_NO_RUNNER"  # a user's opt-out: run the command in its own process
+GRACE = 20.0  # seconds between SIGTERM and SIGKILL for a child whose command died
+# Imported once, before any fork: everything a command's run imports.
+WARM = (
+    "flows.cli",
+    "flows.train",
+    "flows.retrain",
+    "flows.sweep",
+    "tasks.explain",
+    "tasks.evaluate",
+    "tasks.figures",
+    "tasks.lime_dask",
+    "tasks.sweep_figures",
+    "distributed",
+    "xgboost.dask",
+    "mlflow.pyfunc",
+    "mlflow.xgboost",
+    "optuna",
+    "seaborn",
+    "shap",
+)
+# Commands that run a flow (the others are quick or serve pages of their own).
+DELEGATED = ("train", "retrain", "sweep", "promote", "rollback")
+
+
+def encode(request: dict[str, Any]) -> bytes:
+    data = json.dumps(request).encode()
+    return len(data).to_bytes(8, "big") + data
+
+
+def _recv_exact(conn: socket.socket, n: int, fds: list[int]) -> bytes:
+    chunks, got = [], 0
+    while got < n:
+        data, received, _, _ = socket.recv_fds(conn, n - got, 3)
+        fds.extend(received)
+        if not data:
+            raise ConnectionError("the command hung up")
+        chunks.append(data)
+        got += len(data)
+    return b"".join(chunks)
+
+
+def receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
+    """A request and the file descriptors sent with it."""
+    fds: list[int] = []
+    size = int.from_bytes(_recv_exact(conn, 8, fds), "big")
+    return json.loads(_recv_exact(conn, size, fds)), fds
+
+
+# --------------------------------------------------------------------------------------------
+# The runner
+
+
+def _child(request: dict[str, Any], fds: list[int], close: list[int]) -> None:
+    """In the forked child: become the command, run it, exit with its status."""
+    import atexit
+    import traceback
+
+    code = 1
+    try:
+        os.setpgid(0, 0)  # a group of its own: the runner signals it and what it starts
+        for fd in close:
+            os.close(fd)
+        for target, fd in zip((0, 1, 2), fds, strict=True):
+            os.dup2(fd, target)
+            os.close(fd)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        os.chdir(request["cwd"])
+        os.environ.clear()
+        os.environ.update(request["env"])
+        os.environ[IN_RUNNER_ENV] = "1"
+        sys.argv = ["glassbox", *request["argv"]]
+        from flows.cli import main
+
+        code = main(request["argv"])
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        try:
+            atexit._run_exitfuncs()  # Prefect's log and event workers flush here
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            os._exit(code)
+
+
+def serve(path: Path, log: Any = None) -> None:
+    """Import everything once, then accept commands until SIGTERM (the platform's `down`),
+    which ends the children first."""
+    say = log or (lambda text: print(text, flush=True))
+    t0 = time.monotonic()
+    import matplotlib
+
+    matplotlib.use("Agg")
+    for name in WARM:
+        importlib.import_module(name)
+    say(f"runner: imported {len(WARM)} modules in {time.monotonic() - t0:.1f} s")
+    path.unlink(missing_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is its user's alone
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    listener.listen(16)
+    listener.setblocking(False)
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    selector = selectors.DefaultSelector()
+    selector.register(listener, selectors.EVENT_READ)
+    children: dict[int, socket.socket] = {}
+    orphans: dict[int, float] = {}  # child pid -> when it got SIGTERM (its command died)
+    say(f"runner: listening on {path}")
+    while not stopping:
+        for key, _ in selector.select(timeout=0.2):
+            if key.fileobj is listener:
+                _accept(listener, selector, children, say)
+            else:
+                conn = key.fileobj
+                pid = next((p for p, c in children.items() if c is conn), None)
+                try:
+                    gone = conn.recv(1) == b""  # type: ignore[union-attr]
+                except OSError:
+                    gone = True
+                if gone:
+                    selector.unregister(conn)
+                    if pid is not None and pid not in orphans:
+                        say(f"runner: the command of {pid} is gone; SIGTERM to it")
+                        _signal_group(pid, signal.SIGTERM)
+                        orphans[pid] = time.monotonic()
+        _reap(children, orphans, selector, say)
+        for pid, since in list(orphans.items()):
+            if time.monotonic() - since > GRACE:
+                _signal_group(pid, signal.SIGKILL)
+    for pid in list(children):
+        _signal_group(pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE
+    while children and time.monotonic() < deadline:
+        _reap(children, orphans, selector, say)
+        time.sleep(0.1)
+    for pid in list(children):
+        _signal_group(pid, signal.SIGKILL)
+    listener.close()
+    path.unlink(missing_ok=True)
+    say("runner: stopped")
+
+
+def _accept(
+    listener: socket.socket,
+    selector: selectors.BaseSelector,
+    children: dict[int, socket.socket],
+    say: Any,
+) -> None:
+    conn, _ = listener.accept()
+    conn.setblocking(True)
+    conn.settimeout(10)
+    try:
+        request, fds = receive(conn)
+    except (OSError, ValueError, ConnectionError) as exc:
+        say(f"runner: a bad request: {exc}")
+        conn.close()
+        return
+    if len(fds) != 3 or request.get("ping"):
+        for fd in fds:
+            os.close(fd)
+        conn.sendall(b"pong\n")
+        conn.close()
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    close = [listener.fileno(), conn.fileno(), *(c.fileno() for c in children.values())]
+    pid = os.fork()
+    if pid == 0:
+        _child(request, fds, close)
+    for fd in fds:
+        os.close(fd)
+    conn.settimeout(None)
+    conn.sendall(f"pid {pid}\n".encode())
+    children[pid] = conn
+    selector.register(conn, selectors.EVENT_READ)
+    say(f"runner: {pid}: glassbox {' '.join(request['argv'])} (in {request['cwd']})")
+
+
+def _reap(
+    children: dict[int, socket.socket],
+    orphans: dict[int, float],
+    selector: selectors.BaseSelector,
+    say: Any,
+) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        code = os.waitstatus_to_exitcode(status)
+        conn = children.pop(pid, None)
+        orphans.pop(pid, None)
+        say(f"runner: {pid} exited with {code}")
+        if conn is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                selector.unregister(conn)
+            with contextlib.suppress(OSError):
+                conn.sendall(f"exit {code}\n".encode())
+            conn.close()
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+
+# --------------------------------------------------------------------------------------------
+# The command's side
+
+
+def delegate(path: Path, argv: list[str]) -> int | None:
+    """Run the command in the runner at `path`: its exit status, or None when no runner
+    answers (the command then runs in its own process)."""
+    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        conn.connect(str(path))
+        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}
+        payload = encode(request)
+        socket.send_fds(conn, [payload[:1]], [0, 1, 2])
+        conn.sendall(payload[1:])
+        reader = conn.makefile("rb")
+        first = reader.readline().decode().split()
+    except OSError:
+        conn.close()
+        return None
+    if len(first) != 2 or first[0] != "pid":
+        conn.close()
+        return None
+    pid = int(first[1])
+
+    def forward(sig: int, _: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(pid, sig)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            line = reader.readline().decode().split()
+            break
+        except InterruptedError:
+            continue
+    conn.close()
+    if len(line) == 2 and line[0] == "exit":
+        return int(line[1])
+    print("glassbox: the platform's runner went away during the command", file=sys.stderr)
+    return 1
+
+
+def ping(path: Path, timeout: float = 2.0) -> bool:
+    """The runner answers (its health check)."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(str(path))
+            conn.sendall(encode({"ping": True}))
+            return conn.recv(5) == b"pong\n"
+    except OSError:
+        return False
+
+
+def main() -> None:
+    """`python -m tasks.runner SOCKET`: the platform starts it."""
+    serve(Path(sys.argv[1]))
+
+
+if __name__ == "__main__":
+    main()
