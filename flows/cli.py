@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
             _check(load_config(str(path), overrides))
         else:
             path = preset_path("default")
-            tracking_cfg = load_config(str(path), overrides).tracking
+            # While `glassbox up` runs: its store, as the runs use it.
+            tracking_cfg = platform.for_run(
+                load_config(str(path), overrides), platform.running()
+            ).tracking
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
         return 2
@@ -370,7 +373,9 @@ def _run_lifecycle(args: argparse.Namespace, path: Path, overrides: dict[str, An
             print(f"{result['registered_model']} v{result['version']}: {result['decision']}")
             print("\n".join(f"  - {r}" for r in result["reasons"]))
         else:
-            uri = load_config(str(path), overrides).tracking.uri
+            uri = platform.for_run(
+                load_config(str(path), overrides), platform.running()
+            ).tracking.uri
             result = rollback(model=args.model, tracking_uri=uri)
             print(
                 f"{result['registered_model']}: v{result['champion']} is @champion again; "

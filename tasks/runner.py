@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -122,16 +123,34 @@ def _child(request: dict[str, Any], fds: list[int], close: list[int]) -> None:
             os._exit(code)
 
 
+def _sources() -> list[Path]:
+    """The project's Python files the runner has imported (flows, tasks, whatif)."""
+    import flows
+    import tasks
+
+    roots = [Path(flows.__file__).parent, Path(tasks.__file__).parent]
+    return [f for root in roots for f in root.glob("*.py")]
+
+
+def _stale(files: list[Path], since: float) -> bool:
+    """A source file changed (or appeared) after the runner imported them."""
+    try:
+        return any(f.stat().st_mtime > since for f in files) or len(_sources()) != len(files)
+    except OSError:
+        return True
+
+
 def serve(path: Path, log: Any = None) -> None:
     """Import everything once, then accept commands until SIGTERM (the platform's `down`),
     which ends the children first."""
     say = log or (lambda text: print(text, flush=True))
-    t0 = time.monotonic()
+    t0, imported_at = time.monotonic(), time.time()
     import matplotlib
 
     matplotlib.use("Agg")
     for name in WARM:
         importlib.import_module(name)
+    files = _sources()
     say(f"runner: imported {len(WARM)} modules in {time.monotonic() - t0:.1f} s")
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -142,7 +161,7 @@ def serve(path: Path, log: Any = None) -> None:
         os.umask(old)
     listener.listen(16)
     listener.setblocking(False)
-    stopping = False
+    stopping = restart = False
 
     def stop(*_: Any) -> None:
         nonlocal stopping
@@ -158,7 +177,10 @@ def serve(path: Path, log: Any = None) -> None:
     while not stopping:
         for key, _ in selector.select(timeout=0.2):
             if key.fileobj is listener:
-                _accept(listener, selector, children, say)
+                # Edited code: the command runs in its own process, and the runner imports the
+                # new code as soon as no command of its own is running.
+                if _accept(listener, selector, children, say, lambda: _stale(files, imported_at)):
+                    stopping = restart = not children
             else:
                 conn = key.fileobj
                 pid = next((p for p, c in children.items() if c is conn), None)
@@ -186,6 +208,9 @@ def serve(path: Path, log: Any = None) -> None:
         _signal_group(pid, signal.SIGKILL)
     listener.close()
     path.unlink(missing_ok=True)
+    if restart:
+        say("runner: the code changed; importing it again")
+        os.execv(sys.executable, [sys.executable, "-m", "tasks.runner", str(path)])
     say("runner: stopped")
 
 
@@ -194,7 +219,10 @@ def _accept(
     selector: selectors.BaseSelector,
     children: dict[int, socket.socket],
     say: Any,
-) -> None:
+    stale: Any,
+) -> bool:
+    """Answer a ping, refuse a command when the code is stale, else fork the command's child.
+    Returns whether it refused for stale code."""
     conn, _ = listener.accept()
     conn.setblocking(True)
     conn.settimeout(10)
@@ -203,13 +231,17 @@ def _accept(
     except (OSError, ValueError, ConnectionError) as exc:
         say(f"runner: a bad request: {exc}")
         conn.close()
-        return
-    if len(fds) != 3 or request.get("ping"):
+        return False
+    answer = "pong" if len(fds) != 3 or request.get("ping") else "stale" if stale() else None
+    if answer:
         for fd in fds:
             os.close(fd)
-        conn.sendall(b"pong\n")
+        with suppress(OSError):
+            conn.sendall(f"{answer}\n".encode())
         conn.close()
-        return
+        if answer == "stale":
+            say(f"runner: source files changed; glassbox {' '.join(request['argv'])} runs cold")
+        return answer == "stale"
     sys.stdout.flush()
     sys.stderr.flush()
     close = [listener.fileno(), conn.fileno(), *(c.fileno() for c in children.values())]
@@ -223,6 +255,7 @@ def _accept(
     children[pid] = conn
     selector.register(conn, selectors.EVENT_READ)
     say(f"runner: {pid}: glassbox {' '.join(request['argv'])} (in {request['cwd']})")
+    return False
 
 
 def _reap(

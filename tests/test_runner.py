@@ -1,0 +1,78 @@
+"""The warm runner (`tasks/runner.py`) as its own process on a socket in a temp folder: a
+command's output, exit status and file descriptors go through it; edited code is never served
+stale. The platform tests (`tests/test_platform.py`) drive it through `glassbox up` with signals.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks import runner
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.deployment
+
+
+@pytest.fixture
+def warm(tmp_path):
+    sock = tmp_path / "runner.sock"
+    log = (tmp_path / "runner.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.runner", str(sock)], cwd=ROOT, stdout=log, stderr=log
+    )
+    deadline = time.time() + 60
+    while not runner.ping(sock) and time.time() < deadline:
+        time.sleep(0.2)
+    assert runner.ping(sock), (tmp_path / "runner.log").read_text()
+    yield sock, proc, tmp_path / "runner.log"
+    proc.terminate()
+    proc.wait(30)
+
+
+def _delegate(sock: Path, argv: list[str], tmp_path: Path) -> tuple[int | None, str, str]:
+    """`runner.delegate` in a child process whose stdout and stderr are files."""
+    out, err = tmp_path / "out.txt", tmp_path / "err.txt"
+    code = (
+        "import sys; from pathlib import Path; from tasks import runner; "
+        f"sys.exit({{None: 99}}.get(c := runner.delegate(Path({str(sock)!r}), {argv!r}), c))"
+    )
+    with out.open("w") as o, err.open("w") as e:
+        done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, stdout=o, stderr=e)
+    return (None if done.returncode == 99 else done.returncode), out.read_text(), err.read_text()
+
+
+def test_a_command_runs_in_a_forked_child_with_the_callers_output_and_status(warm, tmp_path):
+    sock, proc, log = warm
+    code, out, err = _delegate(sock, ["train", "--set", "train.num_boost_roun=5"], tmp_path)
+    assert code == 2 and out == ""  # the error on the caller's stderr, nothing on its stdout
+    assert err.strip() == (
+        "glassbox: invalid config: train.num_boost_roun: unknown key "
+        "(did you mean 'num_boost_round'?)"
+    )
+    assert "exited with 2" in log.read_text()
+    assert proc.poll() is None  # the runner serves the next one
+
+
+def test_edited_code_is_not_served_stale_and_the_runner_reloads(warm, tmp_path):
+    sock, proc, log = warm
+    source = ROOT / "tasks" / "storage.py"
+    before = source.stat()
+    try:
+        os.utime(source, (before.st_atime, time.time() + 5))
+        code, _, _ = _delegate(sock, ["train", "--set", "x=1"], tmp_path)
+        assert code is None  # refused: the caller runs it in its own process
+    finally:
+        os.utime(source, (before.st_atime, before.st_mtime))
+    deadline = time.time() + 60
+    while "listening" not in log.read_text().split("importing it again")[-1]:
+        assert time.time() < deadline, log.read_text()
+        time.sleep(0.2)
+    assert proc.poll() is None  # the same process, the code imported again
+    code, _, err = _delegate(sock, ["train", "--set", "x=1"], tmp_path)
+    assert code == 2 and "x: unknown key" in err
