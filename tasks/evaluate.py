@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from matplotlib.figure import Figure  # no pyplot: no backend, no global figure registry
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -15,8 +15,11 @@ from tasks import figures as figs
 from tasks import tracking
 from tasks.calibration import Platt
 from tasks.cluster import ClusterHandle
-from tasks.config import FIGURES, EvaluateConfig, TaskType
+from tasks.config import EvaluateConfig, TaskType
 from tasks.data import DatasetInfo, dask_split
+from tasks.evaluation_figures import iter_figures, render, wanted
+
+__all__ = ["iter_figures"]  # the figures' home is tasks.evaluation_figures
 from tasks.metrics import (
     HEADLINE,
     best_f1_threshold,
@@ -62,71 +65,6 @@ def predictions_table(
             prob_name: prob[idx],
         }
     )
-
-
-def iter_figures(
-    info: DatasetInfo,
-    cfg: EvaluateConfig,
-    y_true: np.ndarray,
-    score: np.ndarray,
-    *,
-    history: figs.History,
-    best_iteration: int,
-    importances: dict[str, dict[str, float]],
-    features: pd.DataFrame,
-    targets: dict[str, np.ndarray],
-    tuned_threshold: float | None,
-    uncalibrated: np.ndarray | None = None,
-) -> Iterator[tuple[str, Figure]]:
-    """The figures that fit the task and were asked for, built one at a time (the caller logs
-    and drops each before the next is drawn). `uncalibrated`: the booster's own probabilities
-    of a calibrated binary model, drawn beside the calibrated ones."""
-    classify, classes = info.task != "regression", info.classes
-    if classify:
-        y_pred = (score >= cfg.threshold).astype(int) if score.ndim == 1 else score.argmax(1)
-    variances = {k: float(np.var(v)) for k, v in targets.items()}
-    points = {"max_points": cfg.max_points, "seed": cfg.seed}
-    order = list(pd.Series(importances.get("gain", {})).sort_values(ascending=False).index)
-    makers: dict[str, tuple[bool, Callable[[], Figure]]] = {
-        "loss_curves": (True, lambda: figs.loss_curves(history, best_iteration)),
-        "metric_curve": (
-            True,
-            lambda: figs.metric_curve(history, info.task, cfg.target_score, variances),
-        ),
-        "confusion_matrix": (
-            classify,
-            lambda: figs.confusion_matrix(
-                y_true, y_pred, classes, cfg.threshold if score.ndim == 1 else None
-            ),
-        ),
-        "roc": (classify, lambda: figs.roc(y_true, score, classes)),
-        "precision_recall": (classify, lambda: figs.precision_recall(y_true, score, classes)),
-        "calibration": (
-            classify,
-            lambda: figs.calibration(y_true, score, classes, uncalibrated=uncalibrated),
-        ),
-        "threshold": (
-            info.task == "binary",
-            lambda: figs.threshold_analysis(y_true, score, tuned_threshold, cfg.threshold),
-        ),
-        "importance": (bool(importances), lambda: figs.importance(importances, cfg.top_k)),
-        "correlation": (
-            features.select_dtypes("number").shape[1] > 1,
-            lambda: figs.correlation(features, order, cfg.top_k),
-        ),
-        "predicted_vs_true": (
-            not classify,
-            lambda: figs.predicted_vs_true(y_true, score, **points),
-        ),
-        "residuals": (not classify, lambda: figs.residuals(y_true, score, **points)),
-        "qq": (not classify, lambda: figs.qq(y_true, score, **points)),
-        "class_balance": (True, lambda: figs.class_balance(targets, classes)),
-    }
-    wanted = FIGURES if cfg.figures == "all" else cfg.figures
-    for name in wanted:
-        fits, make = makers[name]
-        if fits:
-            yield name, make()
 
 
 def predict(
@@ -193,20 +131,44 @@ def evaluate_model(
     context = _figure_context(trained["model"], info, splits, cfg)
     row_ids = context.pop("row_ids")
     logged: list[str] = []
-    for name, fig in iter_figures(
-        info,
-        cfg,
-        *preds[0],
-        history=trained["history"],
-        best_iteration=trained["best_iteration"],
-        tuned_threshold=tuned,
-        uncalibrated=uncalibrated,
-        **context,
-    ):
-        logged.append(f"figures/{name}.png")
-        tracking.log_figure(run_id, fig, logged[-1])
+    # Drawn on the workers (their own processes) while this one logs the tables; logged in one
+    # batch, in the usual order.
+    client = cluster.client
+    shared = client.scatter(
+        {
+            "y": preds[0][0],
+            "score": preds[0][1],
+            "context": {
+                "history": trained["history"],
+                "best_iteration": trained["best_iteration"],
+                "tuned_threshold": tuned,
+                "uncalibrated": uncalibrated,
+                **context,
+            },
+        },
+        hash=False,
+    )
+    task_and_classes = SimpleNamespace(task=info.task, classes=list(info.classes))
+    drawing = [
+        client.submit(
+            render,
+            name,
+            task_and_classes,
+            cfg,
+            shared["y"],
+            shared["score"],
+            shared["context"],
+            pure=False,
+        )
+        for name in wanted(cfg)
+    ]
     for name, table in _tables(info, cfg, preds[0], row_ids):
         tracking.log_table(run_id, table, f"tables/{name}.json")
+    with tracking.artifact_batch(run_id, "figures") as out:
+        for name, png in zip(wanted(cfg), client.gather(drawing), strict=True):
+            if png is not None:
+                logged.append(f"figures/{name}.png")
+                out.write_bytes(f"{name}.png", png)
     get_run_logger().info("Test set: %s", headline(info.task, scores))
     return {"metrics": scores, "figures": logged}
 
