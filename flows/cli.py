@@ -465,48 +465,44 @@ _HEADLINE_KEYS = (
 
 
 def _train(path: Path, overrides: dict[str, Any]) -> int:
+    return _run_flow("train", path, overrides, INTERRUPTED, _summary)
+
+
+def _sweep(path: Path, overrides: dict[str, Any]) -> int:
+    interrupted = (
+        "glassbox: interrupted; the finished trials are kept, the sweep's MLflow run ends KILLED"
+    )
+    return _run_flow("sweep", path, overrides, interrupted, _sweep_summary)
+
+
+def _run_flow(
+    command: str,
+    path: Path,
+    overrides: dict[str, Any],
+    interrupted: str,
+    summary: Any,
+) -> int:
+    """`train` or `sweep`: the flow, its one-line errors and exit codes, then its summary."""
     # The temporary Prefect server's telemetry heartbeat contends for its sqlite file and prints
     # "database is locked" tracebacks; a user's own setting wins.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     try:
         with _prefect_api():
-            from flows.train import train  # Prefect and MLflow load only for a valid config
+            # Prefect and MLflow load only for a valid config
+            import importlib
 
-            result = train(**_preset_args(path), overrides=overrides)
+            flow = getattr(importlib.import_module(f"flows.{command}"), command)
+            result = flow(**_preset_args(path), overrides=overrides)
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(INTERRUPTED, file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return 130
     except Exception as exc:
-        print(f"glassbox: train failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"glassbox: {command} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    print(_summary(result, load_config(str(path), overrides).tracking.uri))
-    return 0
-
-
-def _sweep(path: Path, overrides: dict[str, Any]) -> int:
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    try:
-        with _prefect_api():
-            from flows.sweep import sweep
-
-            result = sweep(**_preset_args(path), overrides=overrides)
-    except ConfigError as exc:
-        print(f"glassbox: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "glassbox: interrupted; the finished trials are kept, the sweep's MLflow run "
-            "ends KILLED",
-            file=sys.stderr,
-        )
-        return 130
-    except Exception as exc:
-        print(f"glassbox: sweep failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    print(_sweep_summary(result, load_config(str(path), overrides).tracking.uri))
+    print(summary(result, load_config(str(path), overrides).tracking.uri))
     return 0
 
 
