@@ -25,6 +25,28 @@ ROOT = Path(__file__).resolve().parent.parent
 GLASSBOX = str(Path(sys.executable).with_name("glassbox"))  # the CLI as installed
 
 
+def in_terminal(argv: list[str], env: dict[str, str], until: str, times: int = 1):
+    """A `glassbox` command as a terminal runs it (a session of its own, output piped), returned
+    with the lines it printed once `until` has appeared in `times` of them."""
+    import subprocess
+
+    proc = subprocess.Popen(
+        [GLASSBOX, *argv],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    for line in proc.stdout:  # type: ignore[union-attr]
+        seen.append(line)
+        if sum(until in s for s in seen) >= times:
+            return proc, seen
+    pytest.fail(f"`{until}` never appeared:\n" + "".join(seen[-40:]))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

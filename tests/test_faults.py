@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.conftest import GLASSBOX, ROOT
+from tests.conftest import GLASSBOX, ROOT, in_terminal
 
 pytestmark = pytest.mark.faults
 
@@ -84,21 +84,7 @@ def _training(tmp_path, mark: str) -> tuple[subprocess.Popen, list[str]]:
         *("--set", "train.num_boost_round=5000", "--set", "train.early_stopping_rounds=null"),
         *("--set", "data.rows=60000"),
     ]
-    proc = subprocess.Popen(
-        [GLASSBOX, "train", "fraud", *sets],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if "round 25:" in line:
-            return proc, seen
-    pytest.fail("the run never trained:\n" + "".join(seen[-40:]))
+    return in_terminal(["train", "fraud", *sets], env, "round 25:")
 
 
 def _sets(tmp_path) -> list[str]:
@@ -176,22 +162,7 @@ def test_ctrl_c_in_a_sweep_keeps_the_finished_trials_and_leaves_nothing(tmp_path
         *("--set", "train.num_boost_round=3000", "--set", "train.early_stopping_rounds=null"),
         *("--set", "data.rows=40000", "--set", "explain.enabled=false"),
     ]
-    proc = subprocess.Popen(
-        [GLASSBOX, "sweep", "fraud", "--trials", "100", *sets],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    seen = []
-    for line in proc.stdout:  # type: ignore[union-attr]
-        seen.append(line)
-        if "trial " in line and "left" in line and len([s for s in seen if " left" in s]) >= 2:
-            break
-    else:
-        pytest.fail("no trial finished:\n" + "".join(seen[-40:]))
+    proc, seen = in_terminal(["sweep", "fraud", "--trials", "100", *sets], env, " left", times=2)
     assert not any("Starting temporary server" in line for line in seen)  # the command's own
     os.killpg(proc.pid, signal.SIGINT)
     rest, _ = proc.communicate(timeout=120)

@@ -21,7 +21,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import GLASSBOX, ROOT, free_port
+from tests.conftest import GLASSBOX, ROOT, free_port, in_terminal
 
 pytestmark = pytest.mark.deployment
 
@@ -162,33 +162,10 @@ def _runner_log(up) -> str:
 
 def _slow_fraud(up) -> subprocess.Popen:
     """`glassbox train` as a terminal runs it (a session of its own), returned once it trains."""
-    proc = subprocess.Popen(
-        [
-            GLASSBOX,
-            "train",
-            "fraud",
-            "--set",
-            "data.rows=60000",
-            "--set",
-            "explain.enabled=false",
-            "--set",
-            "train.num_boost_round=5000",
-            "--set",
-            "train.early_stopping_rounds=null",
-        ],
-        cwd=ROOT,
-        env=up["env"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-    seen = []
-    for line in proc.stdout:  # type: ignore[union-attr]
-        seen.append(line)
-        if "round 25:" in line:
-            return proc
-    pytest.fail("it never trained:\n" + "".join(seen[-30:]))
+    sets = ["data.rows=60000", "explain.enabled=false", "train.num_boost_round=5000"]
+    sets.append("train.early_stopping_rounds=null")
+    argv = ["train", "fraud", *[a for s in sets for a in ("--set", s)]]
+    return in_terminal(argv, up["env"], "round 25:")[0]
 
 
 def _runner_children(up) -> list[psutil.Process]:
