@@ -124,33 +124,26 @@ def dask_trials(client: Any, frames: tuple, plan: Any, configs: list) -> list:
     return values
 
 
-def _train_all_threads(data: Any, params: dict, plan: Any) -> float:
-    import xgboost as xgb
-    from distributed import get_worker
-
-    from tasks.trials import valid_scores
-
-    threads = get_worker().state.nthreads
-    dtrain = xgb.QuantileDMatrix(data.x, data.y, enable_categorical=True, nthread=threads)
-    dvalid = xgb.QuantileDMatrix(data.x_valid, data.y_valid, ref=dtrain, enable_categorical=True)
-    booster = xgb.train(
-        {**params, "nthread": threads},
-        dtrain,
-        num_boost_round=plan.num_boost_round,
-        evals=[(dvalid, "valid")],
-        callbacks=[
-            xgb.callback.EarlyStopping(rounds=plan.early_stopping_rounds, data_name="valid")
-        ],
-        verbose_eval=False,
-    )
-    pred = booster.predict(dvalid, iteration_range=(0, booster.best_iteration + 1))
-    return float(valid_scores(plan.task, data.y_valid.to_numpy(), pred, 0.5)[plan.metric])
-
-
 def threaded_trials(client: Any, data: Any, plan: Any, configs: list) -> list:
     """One plain `xgboost.train` per trial with all of the worker's threads, one after another
     (what a one-worker cluster's train path does)."""
-    return [client.submit(_train_all_threads, data, p, plan, pure=False).result() for p in configs]
+    from tasks.trials import run_trial
+
+    threads = next(iter(client.nthreads().values()))
+    return [
+        client.submit(
+            run_trial,
+            data,
+            params,
+            task=plan.task,
+            metric=plan.metric,
+            num_boost_round=plan.num_boost_round,
+            early_stopping_rounds=plan.early_stopping_rounds,
+            threads=threads,
+            pure=False,
+        ).result()["value"]
+        for params in configs
+    ]
 
 
 def bench(preset: str, trials: int, seed: int) -> None:

@@ -11,6 +11,7 @@ Cancelling the flow run (or Ctrl-C) stops the trials in flight and keeps the fin
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, runtime
@@ -167,8 +168,6 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
                 plan.direction,
                 ", ".join(f"{k} {d.describe()}" for k, d in plan.space.items()),
             )
-            import time
-
             start = time.perf_counter()
             data = cluster.client.scatter(_trial_data(loaded), broadcast=True, hash=False)
             finished = run_trials(

@@ -17,9 +17,7 @@ from tasks.calibration import Platt
 from tasks.cluster import ClusterHandle
 from tasks.config import EvaluateConfig, TaskType
 from tasks.data import DatasetInfo, dask_split
-from tasks.evaluation_figures import iter_figures, render, wanted
-
-__all__ = ["iter_figures"]  # the figures' home is tasks.evaluation_figures
+from tasks.evaluation_figures import render, wanted
 from tasks.metrics import (
     HEADLINE,
     best_f1_threshold,

@@ -64,8 +64,8 @@ def check_writable(location: str, key: str = "data.workspace") -> None:
         return
     probe = join(location, f".probe-{uuid.uuid4().hex}")
     try:
+        make_dir(location)
         fs, path = _fs(probe)
-        fs.makedirs(fs._parent(path), exist_ok=True)
         fs.pipe_file(path, b"glassbox")
         ok = fs.cat_file(path) == b"glassbox"
         fs.rm_file(path)

@@ -275,17 +275,12 @@ def log_child_run(
         _log_metric_batch(run_id, points)
         if failure:
             client.log_batch(run_id, tags=[RunTag(FAILURE_TAG, failure[:5000])], synchronous=True)
-    finally:
+    except BaseException:
         # Interrupted while logging: the child still ends (KILLED), not RUNNING for ever.
-        ended = "FAILED" if failure else "FINISHED"
-        client.set_terminated(run_id, ended if _no_exception() else "KILLED", end_time=end)
+        client.set_terminated(run_id, "KILLED", end_time=end)
+        raise
+    client.set_terminated(run_id, "FAILED" if failure else "FINISHED", end_time=end)
     return str(run_id)
-
-
-def _no_exception() -> bool:
-    import sys
-
-    return sys.exc_info()[0] is None
 
 
 def child_runs(parent_run_id: str, experiment_id: str) -> list[Any]:

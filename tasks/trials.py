@@ -66,8 +66,10 @@ def run_trial(
     early_stopping_rounds: int | None,
     threshold: float = 0.5,
     stop_event: str | None = None,
+    threads: int = 1,
 ) -> dict[str, Any]:
-    """Train one configuration with one thread; score the best round on the valid split.
+    """Train one configuration with `threads` threads (a sweep's trials: one each); score the
+    best round on the valid split.
 
     Returns:
         `value` (the metric), every valid metric in `scores`, `best_iteration` (0-based),
@@ -76,7 +78,7 @@ def run_trial(
         asked it to stop early (its value is then not comparable).
     """
     started_at, start = time.time(), time.perf_counter()
-    dtrain = xgb.QuantileDMatrix(data.x, data.y, enable_categorical=True, nthread=1)
+    dtrain = xgb.QuantileDMatrix(data.x, data.y, enable_categorical=True, nthread=threads)
     dvalid = xgb.QuantileDMatrix(data.x_valid, data.y_valid, ref=dtrain, enable_categorical=True)
     callbacks: list[xgb.callback.TrainingCallback] = []
     if early_stopping_rounds:
@@ -88,7 +90,7 @@ def run_trial(
         callbacks.append(stopper)
     history: dict[str, Any] = {}
     booster = xgb.train(
-        {**params, "nthread": 1},
+        {**params, "nthread": threads},
         dtrain,
         num_boost_round=num_boost_round,
         evals=[(dvalid, "valid")],

@@ -9,7 +9,8 @@ import pytest
 from tasks import figures as figs
 from tasks.config import EvaluateConfig
 from tasks.data import DatasetInfo
-from tasks.evaluate import iter_figures, predictions_table
+from tasks.evaluate import predictions_table
+from tasks.evaluation_figures import iter_figures
 
 
 def _texts(ax) -> list[str]:
