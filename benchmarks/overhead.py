@@ -32,8 +32,10 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 # Prefect task -> the plain script's stage(s) that do the same work.
 STAGES = {
-    # load-data reads, validates and splits; record-data writes the splits and logs them.
+    # load-data reads, validates and splits; write-splits writes them for the workers;
+    # record-data logs the data set while the model trains.
     "load-data": ["load", "split"],
+    "write-splits": [],
     "record-data": [],
     "train-xgboost": ["train"],
     "evaluate-model": ["evaluate", "figures"],
@@ -70,7 +72,7 @@ def start_prefect_server(home: Path) -> tuple[subprocess.Popen, dict[str, str]]:
     raise SystemExit("prefect server did not start")
 
 
-def start_platform(tmp: Path) -> dict[str, str]:
+def start_platform(tmp: Path, up_args: list[str]) -> dict[str, str]:
     """`glassbox up` on free ports, its state in tmp; returns the environment runs use."""
     ports = {}
     for name in ("prefect", "mlflow", "dask", "dashboard"):
@@ -83,7 +85,7 @@ def start_platform(tmp: Path) -> dict[str, str]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
     args = [f"--{k}-port={v}" for k, v in ports.items()]
-    out = _glassbox(env, "up", *args, "--set", f"tracking.uri=sqlite:///{tmp}/mlflow.db")
+    out = _glassbox(env, "up", *args, *up_args, "--set", f"tracking.uri=sqlite:///{tmp}/mlflow.db")
     if out.returncode:
         raise SystemExit(f"glassbox up failed:\n{out.stdout}{out.stderr}")
     return {**env, "PREFECT_API_URL": f"http://127.0.0.1:{ports['prefect']}/api"}
@@ -208,12 +210,15 @@ def main() -> None:
     parser.add_argument(
         "--platform", action="store_true", help="run against `glassbox up` (standing cluster)"
     )
+    parser.add_argument(
+        "--up-args", default="", help="more `glassbox up` options, e.g. '--workers 1 --threads 2'"
+    )
     args = parser.parse_args()
     extra_lines: list[str] = []
     with tempfile.TemporaryDirectory(prefix="glassbox-bench-") as name:
         tmp = Path(name)
         if args.platform:
-            server, env = None, start_platform(tmp)
+            server, env = None, start_platform(tmp, args.up_args.split())
         else:
             server, env = start_prefect_server(tmp / "prefect")
         try:

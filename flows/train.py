@@ -22,7 +22,7 @@ from flows.config import Preset, experiment_name, load_config, model_name, prese
 from tasks import platform, tracking
 from tasks.cluster import background_cluster, check_shared_folder
 from tasks.config import ConfigError, PipelineConfig
-from tasks.data import EXAMPLE_FILE, Loaded, load_data, record_data
+from tasks.data import EXAMPLE_FILE, Loaded, load_data, preload, record_data, write_splits
 from tasks.datasets import check_source, dataset_name
 from tasks.evaluate import evaluate_model
 from tasks.explain import explain_model
@@ -194,8 +194,10 @@ def train_loaded(
     ):
         tracking.log_params(run.run_id, tracking.flatten(cfg.model_dump(mode="json")))
         card = _report(run, cfg)
+        splitting = write_splits.submit(loaded, workspace, shared)
+        # The data set is logged while the workers read the splits and the model trains.
         recording = record_data.submit(
-            loaded, workspace, run.run_id, cfg.explain.app_rows, cfg.split.seed, shared
+            loaded, workspace, run.run_id, cfg.explain.app_rows, cfg.split.seed
         )
         cluster = starting.result()
         check_shared_folder(cluster, shared)
@@ -203,8 +205,12 @@ def train_loaded(
             get_run_logger().info(
                 "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
             )
-        splits = recording.result()
-        trained = train_model(cluster, info, splits, cfg.train, workspace, run.run_id)
+        splits = splitting.result()
+        on_workers = preload(cluster.client, splits, info, ("train", "valid"))
+        trained = train_model(
+            cluster, info, splits, cfg.train, workspace, run.run_id, data=on_workers
+        )
+        del on_workers  # the workers let go of the train and valid rows
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         logging = log_model.submit(
             trained,
@@ -232,6 +238,7 @@ def train_loaded(
         evaluated = evaluate_model(cluster, trained, info, splits, cfg.evaluate, run.run_id)
         scores = evaluated["metrics"]
         logged = logging.result()
+        recording.result()
         explained = explaining.result() if explaining else {"figures": []}
         registered = model_name(cfg)
         version = register_model(logged, registered)

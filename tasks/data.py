@@ -288,6 +288,13 @@ def dask_split(path: str | Path, info: DatasetInfo) -> tuple[Any, Any]:
     return frame[info.features], frame[info.target]
 
 
+def preload(client: Any, splits: dict[str, str], info: DatasetInfo, names: tuple[str, ...]) -> dict:
+    """The named splits read into the workers' memory, as persisted (features, target): reading
+    starts now, in the background, and the collections stay there while the caller holds
+    them."""
+    return {name: tuple(client.persist(list(dask_split(splits[name], info)))) for name in names}
+
+
 # --------------------------------------------------------------------------------------------
 # Prefect tasks
 
@@ -343,27 +350,28 @@ def load_data(cfg: DataConfig, split: SplitConfig, row_ids: tuple[Any, ...] = ()
     return Loaded(data, info, parts, example, test_rows, inputs)
 
 
-@task(name="record-data", cache_policy=NO_CACHE)
-def record_data(
-    loaded: Loaded,
-    workspace: str,
-    run_id: str,
-    keep_rows: int = 0,
-    seed: int = 0,
-    shared: str | None = None,
-) -> dict[str, str]:
+@task(name="write-splits", cache_policy=NO_CACHE)
+def write_splits(loaded: Loaded, workspace: str, shared: str | None = None) -> dict[str, str]:
     """Write the splits as Parquet where the workers read them (`shared`, a folder or an
-    fsspec URL; default the workspace) and the raw example into the workspace; log the data set,
-    its description, the profile, each split's class balance and up to `keep_rows` raw test
-    rows (`kept_test_rows`). Returns the splits' locations."""
+    fsspec URL; default the workspace) and the raw example into the workspace. Returns the
+    splits' locations."""
     from tasks import storage
 
-    info = loaded.info
     paths = {}
     for split, part in loaded.parts.items():
         paths[split] = storage.join(shared or workspace, f"{split}.parquet")
         part.to_parquet(paths[split])
     loaded.example.to_parquet(Path(workspace) / EXAMPLE_FILE)
+    return paths
+
+
+@task(name="record-data", cache_policy=NO_CACHE)
+def record_data(
+    loaded: Loaded, workspace: str, run_id: str, keep_rows: int = 0, seed: int = 0
+) -> None:
+    """Log the data set, its description, the profile, each split's class balance and up to
+    `keep_rows` raw test rows (`kept_test_rows`): while the model trains."""
+    info = loaded.info
     if keep_rows and loaded.test_rows is not None:
         y = loaded.parts["test"][info.target]
         target = (
@@ -396,7 +404,6 @@ def record_data(
         },
     )
     tracking.log_metrics(run_id, split_summary(loaded.parts, info))
-    return paths
 
 
 def profile_table(profile: list[ColumnProfile]) -> pd.DataFrame:
