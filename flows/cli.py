@@ -88,9 +88,17 @@ def main(argv: list[str] | None = None) -> int:
     up_cmd.add_argument("--mlflow-port", type=int, default=defaults.mlflow)
     up_cmd.add_argument("--dask-port", type=int, default=defaults.scheduler)
     up_cmd.add_argument("--dashboard-port", type=int, default=defaults.dashboard)
-    up_cmd.add_argument("--workers", type=int, default=1, help="Dask worker processes (CPU)")
     up_cmd.add_argument(
-        "--threads", type=int, default=0, help="threads per Dask worker (default: all cores)"
+        "--workers",
+        type=int,
+        default=0,
+        help="Dask worker processes (CPU; default: Dask's split of the cores, 2 cores: 2)",
+    )
+    up_cmd.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads per Dask worker (default: the cores shared among the workers)",
     )
     up_cmd.add_argument("--no-deploy", action="store_true", help="do not deploy prefect.yaml")
     _set_option(up_cmd)
@@ -238,8 +246,8 @@ def _platform(args: argparse.Namespace) -> int:
         for flag in ("prefect_port", "mlflow_port", "dask_port", "dashboard_port"):
             if not 0 < getattr(args, flag) < 65536:
                 raise ConfigError(f"--{flag.replace('_', '-')}: not a port number")
-        if args.workers < 1 or args.threads < 0:
-            raise ConfigError("--workers must be >= 1 and --threads >= 0")
+        if args.workers < 0 or args.threads < 0:
+            raise ConfigError("--workers and --threads must be >= 0 (0: the default)")
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
         return 2

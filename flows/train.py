@@ -206,7 +206,7 @@ def train_loaded(
                 "Dask dashboard (%s, %s): %s", cluster.kind, cluster.device, cluster.dashboard
             )
         splits = splitting.result()
-        on_workers = preload(cluster.client, splits, info, ("train", "valid"))
+        on_workers = preload(cluster, splits, info, ("train", "valid"))
         trained = train_model(
             cluster, info, splits, cfg.train, workspace, run.run_id, data=on_workers
         )

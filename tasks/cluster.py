@@ -45,7 +45,7 @@ def gpu_count() -> int:
         return 0
 
 
-def worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int, openmp: int | None = None) -> dict[str, str]:
     """Thread settings for worker processes.
 
     Dask sets `OMP_NUM_THREADS=1` in workers, which halves XGBoost's native speed (training,
@@ -57,19 +57,26 @@ def worker_env(threads: int) -> dict[str, str]:
     off glibc's adaptive mmap threshold: every allocation over 128 KiB becomes an mmap/munmap
     pair with fresh page faults. LIME (5,000 x F arrays per row) ran 37% slower for it; buffers
     up to 32 MiB (glibc's maximum) now come from the heap again.
+
+    `openmp`: OpenMP's threads when they are more than the worker's (all the machine's cores
+    for the worker that trains, `one_trainer`): a worker started with fewer cannot use more.
+    XGBoost's predictions on the workers are sized to the worker's threads by `xgboost.dask`.
     """
     n = str(threads)
     return {
-        "OMP_NUM_THREADS": n,
+        "OMP_NUM_THREADS": str(openmp or threads),
         "MKL_NUM_THREADS": n,
         "OPENBLAS_NUM_THREADS": n,
         "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
     }
 
 
-def _local_config(threads: int) -> dict[str, object]:
+def _local_config(threads: int, openmp: int | None = None) -> dict[str, object]:
     """Dask settings for the workers of a local cluster."""
-    spawn = {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in worker_env(threads).items()}
+    spawn = {
+        f"distributed.nanny.pre-spawn-environ.{k}": v
+        for k, v in worker_env(threads, openmp).items()
+    }
     # The worker's statistical profiler samples every 10 ms; with XGBoost's OpenMP threads on
     # every core, each sample stalls a parallel loop at its barrier.
     return {
@@ -117,6 +124,26 @@ class WorkerProgress(xgb.callback.TrainingCallback):
         return False
 
 
+def machine_memory() -> int:
+    """Bytes of memory of this machine: the limit of each local CPU worker, rather than Dask's
+    share per worker, since one of them holds all the training data."""
+    import psutil
+
+    return int(psutil.virtual_memory().total)
+
+
+def one_trainer(client: Client, device: str = "cpu") -> tuple[str, int] | None:
+    """Where a CPU model trains in one process: the worker with the most threads, using the
+    threads of every worker, when all the cluster's workers share one machine (the local
+    cluster, `glassbox up`'s). None when XGBoost's collective is needed: workers on several
+    machines, or GPUs (one worker each)."""
+    workers = client.scheduler_info()["workers"]
+    if device != "cpu" or len({w["host"] for w in workers.values()}) != 1:
+        return None if len(workers) > 1 else (next(iter(workers)), 0)
+    address = max(workers, key=lambda a: (workers[a]["nthreads"], a))
+    return address, sum(w["nthreads"] for w in workers.values())
+
+
 def train_on_worker(
     x: Any,
     y: Any,
@@ -125,14 +152,16 @@ def train_on_worker(
     params: dict[str, Any],
     num_boost_round: int,
     callbacks: list[Any],
+    nthread: int = 0,
 ) -> dict[str, Any]:
-    """`xgboost.train` on the one worker of a one-worker cluster, with the worker's threads:
-    the same model as `xgboost.dask.train` there, without its collective (a tracker, and two
-    sockets per worker that XGBoost binds on every address, 0.0.0.0, with no option to choose)
-    and without its per-round synchronisation."""
+    """`xgboost.train` on one worker with `nthread` threads (0: the worker's): the same model as
+    `xgboost.dask.train` across the workers of one machine, without its collective (a tracker,
+    and two sockets per worker that XGBoost binds on every address, 0.0.0.0, with no option to
+    choose) and without its per-round synchronisation. The other workers of the machine are
+    idle meanwhile: their threads are this one's."""
     from distributed import get_worker
 
-    nthread = get_worker().state.nthreads
+    nthread = nthread or get_worker().state.nthreads
     dtrain = xgb.QuantileDMatrix(x, y, enable_categorical=True, nthread=nthread)
     dvalid = xgb.QuantileDMatrix(x_valid, y_valid, ref=dtrain, enable_categorical=True)
     history: dict[str, Any] = {}
@@ -182,8 +211,16 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
         factory, default_workers = partial(LocalCluster, processes=True), 1
     n_workers = cfg.n_workers or default_workers
     threads = cfg.threads_per_worker or max(1, (os.cpu_count() or 1) // n_workers)
-    with dask.config.set(_local_config(threads)), _environ_kept(worker_env(threads)):
-        cluster = factory(n_workers=n_workers, threads_per_worker=threads, host="127.0.0.1", **http)
+    # One CPU worker trains with every worker's threads (`one_trainer`), in as much memory.
+    openmp, memory = (None, "auto") if n_gpus else (n_workers * threads, machine_memory())
+    with dask.config.set(_local_config(threads, openmp)), _environ_kept(worker_env(threads)):
+        cluster = factory(
+            n_workers=n_workers,
+            threads_per_worker=threads,
+            host="127.0.0.1",
+            memory_limit=memory,
+            **http,
+        )
     # It becomes the default client: xgboost.dask looks one up even when given a client.
     with cluster, Client(cluster) as client:
         link = client.dashboard_link if cfg.dashboard else None

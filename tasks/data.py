@@ -288,11 +288,20 @@ def dask_split(path: str | Path, info: DatasetInfo) -> tuple[Any, Any]:
     return frame[info.features], frame[info.target]
 
 
-def preload(client: Any, splits: dict[str, str], info: DatasetInfo, names: tuple[str, ...]) -> dict:
-    """The named splits read into the workers' memory, as persisted (features, target): reading
-    starts now, in the background, and the collections stay there while the caller holds
-    them."""
-    return {name: tuple(client.persist(list(dask_split(splits[name], info)))) for name in names}
+def preload(
+    cluster: Any, splits: dict[str, str], info: DatasetInfo, names: tuple[str, ...]
+) -> dict:
+    """The named splits read into the workers' memory (into the one that will train, when one
+    does: `tasks.cluster.one_trainer`), as persisted (features, target): reading starts now, in
+    the background, and the collections stay there while the caller holds them."""
+    from tasks.cluster import one_trainer
+
+    trainer = one_trainer(cluster.client, cluster.device)
+    where = {"workers": [trainer[0]]} if trainer else {}
+    return {
+        name: tuple(cluster.client.persist(list(dask_split(splits[name], info)), **where))
+        for name in names
+    }
 
 
 # --------------------------------------------------------------------------------------------

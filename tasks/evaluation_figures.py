@@ -5,7 +5,6 @@ scikit-learn, never Prefect or MLflow.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -95,9 +94,6 @@ def iter_figures(
             yield name, make()
 
 
-_DRAWING = threading.Lock()
-
-
 def render(
     name: str, info: Any, cfg: EvaluateConfig, y_true: np.ndarray, score: np.ndarray, context: dict
 ) -> bytes | None:
@@ -105,6 +101,6 @@ def render(
     flow's process is free while they are drawn. One figure at a time per process: seaborn's
     styles are global matplotlib settings, which figures drawn side by side in threads would
     share."""
-    with _DRAWING:
+    with figs.DRAWING:
         fits, make = _makers(info, cfg, y_true, score, **context)[name]
         return figs.png(make()) if fits else None

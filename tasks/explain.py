@@ -24,13 +24,14 @@ from tasks.config import ExplainConfig
 from tasks.data import DatasetInfo, dask_split
 from tasks.explain_page import index_page
 from tasks.lime_dask import agreement_metrics, agreement_table, lime_rows
+from tasks.names import unique_slug
 from tasks.row_picking import select_rows
 from tasks.treeshap import (
     explain_sample,
     explained_labels,
     explained_text,
     explanations,
-    local_plots,
+    local_files,
     row_values,
     shap_figures,
     shap_frame,
@@ -165,7 +166,30 @@ def _local(
         xgb.DMatrix(rows[info.features], enable_categorical=True), pred_contribs=True
     )
     values = row_values(platt.contributions(contribs) if platt else contribs, labels)
-    # LIME and its figures run on the workers while this process draws the SHAP figures.
+    entries = [
+        {
+            "row_id": row_id,
+            "rules": [rule for rule, picked in chosen.items() if row_id in picked],
+            **_describe(info, rows[info.target].iloc[i], row_score[i], labels[i]),
+        }
+        for i, row_id in enumerate(ids)
+    ]
+    # The waterfall's axis: the value, or log-odds / a class's margin (calibrated ones).
+    unit = {
+        "binary": "calibrated log-odds" if platt is not None else "log-odds",
+        "multiclass": "margin",
+    }.get(info.task)
+    # Each row's SHAP figures, LIME and its figures: drawn on the workers.
+    shap_files = [
+        cluster.client.submit(
+            local_files,
+            values[i : i + 1],
+            rows[info.features].iloc[[i]],
+            e["explained"] + (f", in {unit}" if unit else ""),
+            pure=False,
+        )
+        for i, e in enumerate(entries)
+    ]
     pending = (
         lime_rows(
             cluster.client,
@@ -181,32 +205,19 @@ def _local(
         if cfg.lime and ids
         else []
     )
-    entries = [
-        {
-            "row_id": row_id,
-            "rules": [rule for rule, picked in chosen.items() if row_id in picked],
-            **_describe(info, rows[info.target].iloc[i], row_score[i], labels[i]),
-        }
-        for i, row_id in enumerate(ids)
-    ]
     with tracking.artifact_batch(run_id, "explanations") as out:
         decision = threshold if info.task == "binary" else None
         out.text(
             "local_rows.json",
             json.dumps({"threshold": decision, "rows": chosen}, indent=2, default=str),
         )
-        # The waterfall's axis: the value, or log-odds / a class's margin (calibrated ones).
-        unit = {
-            "binary": "calibrated log-odds" if platt is not None else "log-odds",
-            "multiclass": "margin",
-        }.get(info.task)
-        titles = [e["explained"] + (f", in {unit}" if unit else "") for e in entries]
-        plots = local_plots(values, rows[info.features], titles)
-        for i, (_, waterfall, force) in enumerate(plots):
-            entry = entries[i]
-            name = tracking.unique_slug(str(entry["row_id"]))
+        for entry, (waterfall, force) in zip(
+            entries, cluster.client.gather(shap_files), strict=True
+        ):
+            name = unique_slug(str(entry["row_id"]))
             entry["files"] = [f"shap/row_{name}_waterfall.png", f"shap/row_{name}_force.html"]
-            entry["waterfall"] = out.figure(entry["files"][0], waterfall)
+            entry["waterfall"] = waterfall
+            out.write_bytes(entry["files"][0], waterfall)
             out.text(entry["files"][1], force)
         for entry, result in zip(entries, cluster.client.gather(pending), strict=False):
             _lime_files(out, entry, result, info, cfg)
@@ -234,7 +245,7 @@ def _lime_files(
     agreement to the row's index entry."""
     from tasks.lime_rows import compared_k, page
 
-    name = tracking.unique_slug(str(entry["row_id"]))
+    name = unique_slug(str(entry["row_id"]))
     files = [f"lime/row_{name}.{ext}" for ext in ("html", "json", "png")]
     files.append(f"shap_vs_lime/row_{name}.png")
     out.text(files[0], page(result))

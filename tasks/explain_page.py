@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.tracking import unique_slug
+from tasks.names import unique_slug
 
 
 def index_page(entries: list[dict[str, Any]], title: str) -> str:

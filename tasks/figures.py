@@ -8,6 +8,7 @@ style. Scatter-type figures subsample (seeded) above `max_points`; nothing else 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +39,11 @@ def _figure(
 ) -> tuple[Figure, Any]:
     fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), layout="constrained")
     return fig, fig.subplots(nrows, ncols, squeeze=False)
+
+
+# One figure at a time per process where figures are drawn beside other work (the Dask
+# workers): seaborn's styles and pyplot's current figure are global to the process.
+DRAWING = threading.Lock()
 
 
 def png(figure: Figure) -> bytes:

@@ -328,25 +328,21 @@ def row_figures(
     agree = agreement(shap_row, weights, top_k)
     trusted = bool(result["score"] >= min_score)
     warning = "" if trusted else f"\nLIME's local fit R² is under {min_score:g}: not to be trusted"
-    chart = figs.lime_weights(
-        result["conditions"],
-        weights,
-        top=shown,
-        title=texts["chart"].format(score=result["score"]) + warning,
-    )
-    comparison = figs.shap_vs_lime(
-        features,
-        shap_row,
-        weights,
-        top_k=top_k,
-        title=texts["comparison"].format(**agree) + warning,
-        shap_unit=texts["shap_unit"],
-        lime_unit=texts["lime_unit"],
-    )
-    return {
-        **result,
-        "agreement": agree,
-        "trusted": trusted,
-        "chart": figs.png(chart),
-        "comparison": figs.png(comparison),
-    }
+    with figs.DRAWING:
+        chart = figs.lime_weights(
+            result["conditions"],
+            weights,
+            top=shown,
+            title=texts["chart"].format(score=result["score"]) + warning,
+        )
+        comparison = figs.shap_vs_lime(
+            features,
+            shap_row,
+            weights,
+            top_k=top_k,
+            title=texts["comparison"].format(**agree) + warning,
+            shap_unit=texts["shap_unit"],
+            lime_unit=texts["lime_unit"],
+        )
+        pngs = {"chart": figs.png(chart), "comparison": figs.png(comparison)}
+    return {**result, "agreement": agree, "trusted": trusted, **pngs}

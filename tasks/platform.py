@@ -65,7 +65,7 @@ class Settings:
     store: str  # sqlite:////absolute/path.db
     artifact_root: Path
     ports: Ports = Ports()
-    workers: int = 1
+    workers: int = 0  # CPU worker processes; 0: Dask's split of the cores (2 cores: 2 x 1)
     threads: int = 0  # per worker; 0: all cores shared among the workers
     gpus: int = 0
 
@@ -141,18 +141,37 @@ def sqlite_path(uri: str) -> Path | None:
     return path if path.is_absolute() else (Path.cwd() / path).resolve()
 
 
-def worker_threads(settings: Settings) -> int:
-    return settings.threads or max(1, (os.cpu_count() or 1) // settings.workers)
+# The worker-side modules of a run (no Prefect, no MLflow in them).
+WORKER_WARM = ("tasks.evaluation_figures", "tasks.lime_rows", "tasks.treeshap", "tasks.trials")
 
 
-def dask_config(threads: int) -> dict[str, Any]:
+def worker_layout(settings: Settings) -> tuple[int, int]:
+    """CPU worker processes and threads each. By default Dask's own split of the cores
+    (`dask worker --nworkers auto`): single-threaded processes on small machines, so that
+    figures, LIME and sweep trials (Python, one core per process) run side by side; training
+    still uses every core, in one of them (`tasks.cluster.one_trainer`)."""
+    from distributed.deploy.utils import nprocesses_nthreads
+
+    cores = os.cpu_count() or 1
+    if settings.workers:
+        return settings.workers, settings.threads or max(1, cores // settings.workers)
+    if settings.threads:
+        return max(1, cores // settings.threads), settings.threads
+    return nprocesses_nthreads(cores)
+
+
+def dask_config(workers: int, threads: int) -> dict[str, Any]:
     """The standing workers' Dask settings: those of the per-run local cluster, as nested YAML
     (`DASK_CONFIG`), because environment variables cannot carry the upper-case names of
     `pre-spawn-environ`."""
     from tasks.cluster import _local_config
 
+    config = _local_config(threads, workers * threads)
+    # Standing workers start once: they also import what figures and explanations need, so
+    # that the first run after `up` does not wait for shap, seaborn and scikit-learn.
+    config["distributed.worker.preload"] = [*config["distributed.worker.preload"], *WORKER_WARM]
     nested: dict[str, Any] = {}
-    for dotted, value in _local_config(threads).items():
+    for dotted, value in config.items():
         # keys are dotted paths whose last part may itself hold no dots (OMP_NUM_THREADS)
         *parents, leaf = dotted.split(".")
         node = nested
@@ -179,19 +198,24 @@ def base_env(settings: Settings) -> dict[str, str]:
 def plan(settings: Settings) -> list[Part]:
     """The processes of the platform, in start order (pure: builds commands, starts nothing)."""
     env = base_env(settings)
-    threads = worker_threads(settings)
+    workers, threads = worker_layout(settings)
     worker_env = {**env, "DASK_CONFIG": str(settings.home / "dask")}
     if settings.gpus:
         dask_worker = [str(BIN / "dask"), "cuda", "worker", settings.scheduler]
     else:
+        from tasks.cluster import machine_memory
+
         dask_worker = [
             str(BIN / "dask"),
             "worker",
             settings.scheduler,
             "--nworkers",
-            str(settings.workers),
+            str(workers),
             "--nthreads",
             str(threads),
+            # each, not shared: the worker that trains holds all the training data
+            "--memory-limit",
+            str(machine_memory()),
         ]
     dask_worker += [
         "--host",
@@ -417,7 +441,7 @@ def _checks(settings: Settings) -> dict[str, Callable[[], bool]]:
         "mlflow": lambda: _http_ok(f"{settings.mlflow_url}/health"),
         "prefect-server": lambda: _http_ok(f"{settings.prefect_api}/health"),
         "dask-scheduler": lambda: _http_ok(f"http://127.0.0.1:{settings.ports.dashboard}/health"),
-        "dask-worker": _workers_ready(settings, settings.gpus or settings.workers),
+        "dask-worker": _workers_ready(settings, settings.gpus or worker_layout(settings)[0]),
         "prefect-worker": _pool_worker_online(settings),
         "runner": lambda: runner.ping(runner_socket(settings.home)),
     }
@@ -455,7 +479,7 @@ def up(settings: Settings, say: Callable[[str], None] = print, deploy: bool = Tr
     (settings.home / "prefect").mkdir(exist_ok=True)
     (settings.home / "dask").mkdir(exist_ok=True)
     (settings.home / "dask" / "glassbox.yaml").write_text(
-        yaml.safe_dump(dask_config(worker_threads(settings)))
+        yaml.safe_dump(dask_config(*worker_layout(settings)))
     )
     settings.artifact_root.mkdir(parents=True, exist_ok=True)
     # Create and migrate the store once, here, before a server or a run can race for it.

@@ -249,7 +249,7 @@ def promotion_lock(model_name: str, timeout_s: float = 600) -> Iterator[None]:
     from prefect.concurrency.sync import concurrency
     from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 
-    from tasks.tracking import slug
+    from tasks.names import slug
 
     name = f"glassbox-promote-{slug(model_name)}"
     with get_client(sync_client=True) as client:

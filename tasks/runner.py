@@ -140,6 +140,17 @@ def _stale(files: list[Path], since: float) -> bool:
         return True
 
 
+def _open_store(uri: str) -> None:
+    """Open the platform's sqlite store once (MLflow checks its schema: half a second a run),
+    so that the children find it in MLflow's store cache; its connections are closed before
+    any fork, each child opens its own."""
+    if not uri.startswith("sqlite:///"):
+        return
+    from mlflow.tracking._tracking_service.utils import _get_store
+
+    _get_store(uri).engine.dispose()
+
+
 def serve(path: Path, log: Any = None) -> None:
     """Import everything once, then accept commands until SIGTERM (the platform's `down`),
     which ends the children first."""
@@ -150,6 +161,7 @@ def serve(path: Path, log: Any = None) -> None:
     matplotlib.use("Agg")
     for name in WARM:
         importlib.import_module(name)
+    _open_store(os.environ.get("MLFLOW_TRACKING_URI", ""))
     files = _sources()
     say(f"runner: imported {len(WARM)} modules in {time.monotonic() - t0:.1f} s")
     path.unlink(missing_ok=True)

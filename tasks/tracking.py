@@ -159,23 +159,6 @@ def safe_key(name: str) -> str:
     return _UNSAFE.sub("_", name)
 
 
-def slug(name: str) -> str:
-    """A file-name-safe form of any text (feature and class names in artifact paths)."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "_"
-
-
-def unique_slug(name: str) -> str:
-    """A file-name-safe form of `name` that no other name shares: the slug, plus a short digest
-    of the name whenever the slug had to change it (row ids `x/1` and `x_1` get files of their
-    own)."""
-    import hashlib
-
-    base = slug(name)
-    if base == name:
-        return base
-    return f"{base}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     """`{"train": {"params": {"eta": 0.1}}}` -> `{"train.params.eta": 0.1}`."""
     out: dict[str, Any] = {}
@@ -500,12 +483,6 @@ class ArtifactBatch:
 
     def write_bytes(self, artifact_file: str, data: bytes) -> None:
         self._path(artifact_file).write_bytes(data)
-
-    def figure(self, artifact_file: str, figure: Figure) -> bytes:
-        """The figure as PNG (closed afterwards); returns the PNG for pages that embed it."""
-        data = _closed_png(figure)
-        self.write_bytes(artifact_file, data)
-        return data
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from xgboost.collective import Config
 
 from tasks import tracking
 from tasks.calibration import Platt, fit_platt
-from tasks.cluster import ClusterHandle, WorkerProgress, train_on_worker
+from tasks.cluster import ClusterHandle, WorkerProgress, one_trainer, train_on_worker
 from tasks.config import TaskType, TrainConfig
 from tasks.data import DatasetInfo, preload
 from tasks.drift import reference_summary
@@ -82,8 +82,9 @@ def fit(
     tracker_host: str | None = "127.0.0.1",
 ) -> tuple[xgb.Booster, dict[str, dict[str, list[float]]]]:
     """Train on the cluster with train and valid evaluated every round: `xgboost.dask` across
-    the workers, or plain `xgboost.train` on the worker of a one-worker cluster (the default
-    local cluster; no collective, no sockets open to the network).
+    the workers of several machines (or GPUs), else plain `xgboost.train` in one worker with the
+    threads of all (`tasks.cluster.one_trainer`; no collective, no sockets open to the
+    network).
 
     Args:
         client: Dask client of the cluster.
@@ -109,10 +110,20 @@ def fit(
         callbacks.append(WorkerProgress(topic, progress_every))
         client.subscribe_topic(topic, lambda event: progress(event[1]))
     try:
-        if len(client.scheduler_info()["workers"]) == 1:
-            parts = client.compute([*train, *valid])  # on the one worker, where it trains
+        trainer = one_trainer(client, params.get("device", "cpu"))
+        if trainer is not None:
+            address, nthread = trainer
+            # computed on the worker that trains
+            parts = client.compute([*train, *valid], workers=[address])
             out = client.submit(
-                train_on_worker, *parts, params, num_boost_round, callbacks, pure=False
+                train_on_worker,
+                *parts,
+                params,
+                num_boost_round,
+                callbacks,
+                nthread,
+                workers=[address],
+                pure=False,
             ).result()
         else:
             dtrain = dxgb.DaskQuantileDMatrix(client, *train, enable_categorical=True)
@@ -182,14 +193,13 @@ def train_model(
         auto_scale_pos_weight=cfg.auto_scale_pos_weight,
     )
     tracking.log_params(run_id, {f"xgb.{k}": v for k, v in params.items()})
-    workers = len(cluster.client.scheduler_info()["workers"])
-    if workers > 1:
+    if one_trainer(cluster.client, cluster.device) is None:
         logger.warning(
             "Training across %d workers uses XGBoost's collective: while it trains, each worker "
             "listens on all network addresses (XGBoost has no option to bind it to one)",
-            workers,
+            len(cluster.client.scheduler_info()["workers"]),
         )
-    data = data or preload(cluster.client, splits, info, ("train", "valid"))
+    data = data or preload(cluster, splits, info, ("train", "valid"))
     wait([part for pair in data.values() for part in pair])
     start = time.perf_counter()
     booster, history = fit(

@@ -6,16 +6,18 @@ of them. Multi-class models are explained per class, on each class's margin (nev
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
 from tasks.config import TaskType
-from tasks.data import DatasetInfo
 from tasks.html_safety import safe_page, shield
-from tasks.tracking import slug
+from tasks.names import slug
+
+if TYPE_CHECKING:  # workers import this module: no Prefect there
+    from tasks.data import DatasetInfo
 
 
 def explain_sample(y: np.ndarray, task: TaskType, rows: int | str, seed: int) -> np.ndarray:
@@ -215,6 +217,21 @@ def explained_text(info: DatasetInfo, label: int) -> str:
 def row_values(contribs: np.ndarray, labels: np.ndarray) -> np.ndarray:
     """Each row's SHAP values (+ base value last) for its explained output: (n, F + 1)."""
     return contribs if contribs.ndim == 2 else contribs[np.arange(len(labels)), labels]
+
+
+def local_files(values: np.ndarray, data: pd.DataFrame, explained: str) -> tuple[bytes, str]:
+    """One row's waterfall as PNG and force plot page (`local_plots` of a one-row `data`):
+    drawn on a Dask worker, so that the flow's process is free meanwhile."""
+    import matplotlib.pyplot as plt
+
+    from tasks.figures import DRAWING, png
+
+    with DRAWING:
+        ((_, fig, force),) = local_plots(values, data, [explained])
+        try:
+            return png(fig), force
+        finally:
+            plt.close(fig)
 
 
 def local_plots(

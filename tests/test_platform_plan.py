@@ -38,7 +38,7 @@ def test_every_part_binds_loopback_on_its_configured_port(tmp_path):
     assert "--host 127.0.0.1 --port 14200" in argv["prefect-server"]
     assert "--host 127.0.0.1 --port 18786" in argv["dask-scheduler"]
     assert "--dashboard-address 127.0.0.1:18787" in argv["dask-scheduler"]
-    assert "tcp://127.0.0.1:18786 --nworkers 2 --nthreads 3 --host 127.0.0.1" in argv["dask-worker"]
+    assert "tcp://127.0.0.1:18786 --nworkers 2 --nthreads 3 --memory-limit" in argv["dask-worker"]
     assert "--pool glassbox" in argv["prefect-worker"]
     # the UI asks the API where the server really is, not at the default port
     assert parts["prefect-server"].env["PREFECT_UI_API_URL"] == "http://127.0.0.1:14200/api"
@@ -46,6 +46,19 @@ def test_every_part_binds_loopback_on_its_configured_port(tmp_path):
         assert part.env["PREFECT_API_URL"] == "http://127.0.0.1:14200/api"
         assert part.env["GLASSBOX_HOME"] == str(tmp_path / ".glassbox")
         assert part.env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+
+
+def test_the_cores_are_split_into_workers_as_dask_does_unless_told(tmp_path, monkeypatch):
+    monkeypatch.setattr(platform.os, "cpu_count", lambda: 2)
+    assert platform.worker_layout(_settings(tmp_path)) == (2, 1)  # figures side by side
+    assert platform.worker_layout(_settings(tmp_path, workers=1)) == (1, 2)
+    assert platform.worker_layout(_settings(tmp_path, threads=2)) == (1, 2)
+    monkeypatch.setattr(platform.os, "cpu_count", lambda: 16)
+    assert platform.worker_layout(_settings(tmp_path)) == (4, 4)
+    argv = " ".join(
+        next(p for p in platform.plan(_settings(tmp_path)) if p.name == "dask-worker").argv
+    )
+    assert "--nworkers 4 --nthreads 4 --memory-limit" in argv
 
 
 def test_gpu_machines_get_dask_cuda_workers(tmp_path):
@@ -56,10 +69,13 @@ def test_gpu_machines_get_dask_cuda_workers(tmp_path):
 def test_standing_workers_get_the_thread_settings_of_local_clusters():
     from tasks.cluster import worker_env
 
-    config = platform.dask_config(3)
-    assert config["distributed"]["nanny"]["pre-spawn-environ"] == worker_env(3)
+    config = platform.dask_config(2, 3)
+    # OpenMP gets the threads of all workers: the one that trains uses them
+    assert config["distributed"]["nanny"]["pre-spawn-environ"] == worker_env(3, 6)
+    assert worker_env(3, 6)["OMP_NUM_THREADS"] == "6" and worker_env(3)["OMP_NUM_THREADS"] == "3"
     assert config["distributed"]["worker"]["profile"]["enabled"] is False
     assert "xgboost.dask" in config["distributed"]["worker"]["preload"]
+    assert "tasks.treeshap" in config["distributed"]["worker"]["preload"]
 
 
 def test_a_run_takes_the_standing_cluster_and_the_ui_address(tmp_path, monkeypatch):
@@ -127,3 +143,15 @@ def test_default_store_follows_mlflow_tracking_uri(monkeypatch, tmp_path):
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     assert load_config("default").tracking.artifact_folder == "mlruns/artifacts"
     assert os.environ.get("GLASSBOX_HOME")  # conftest keeps tests off a developer's platform
+
+
+def test_what_workers_import_brings_neither_prefect_nor_mlflow():
+    """Standing workers preload these; Prefect and MLflow would add seconds to their start and
+    their memory, for nothing."""
+    code = (
+        "import importlib, sys\n"
+        f"for m in {platform.WORKER_WARM!r}: importlib.import_module(m)\n"
+        "print(sorted(m for m in ('prefect', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

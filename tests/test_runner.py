@@ -76,3 +76,30 @@ def test_edited_code_is_not_served_stale_and_the_runner_reloads(warm, tmp_path):
     assert proc.poll() is None  # the same process, the code imported again
     code, _, err = _delegate(sock, ["train", "--set", "x=1"], tmp_path)
     assert code == 2 and "x: unknown key" in err
+
+
+def test_the_store_is_opened_once_and_no_connection_crosses_a_fork(tmp_path):
+    """In a single-threaded process, as the runner is: the store is opened before the fork with
+    no connection left open, and the forked child finds it in MLflow's cache."""
+    code = f"""
+import os, threading
+from mlflow.tracking._tracking_service.utils import _get_store
+from tasks import runner, tracking
+from tasks.config import TrackingConfig
+uri = "sqlite:///{tmp_path}/mlflow.db"
+tracking.configure(TrackingConfig(uri=uri))  # what `glassbox up` does
+runner._open_store(uri)
+store = _get_store(uri)
+assert store.engine.pool.checkedin() == 0 and store.engine.pool.checkedout() == 0
+pid = os.fork()
+if pid == 0:
+    ok = _get_store(uri) is store and store.search_experiments()[0].name == "Default"
+    os._exit(0 if ok else 1)
+assert os.waitpid(pid, 0)[1] == 0, "the child could not use the store"
+runner._open_store("http://127.0.0.1:5000")  # a server: nothing to open
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.stdout.strip().endswith("ok"), out.stderr[-2000:]

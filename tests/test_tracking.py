@@ -65,7 +65,7 @@ def test_ui_link_when_an_mlflow_server_is_known(client, store):
 
 
 def test_unique_slug_gives_ids_that_slug_alike_names_of_their_own():
-    from tasks.tracking import unique_slug
+    from tasks.names import unique_slug
 
     names = {unique_slug(i) for i in ("x/1", "x_1", "x 1", "x:1", "x_1")}
     assert len(names) == 4 and "x_1" in names  # a safe id stays as it is

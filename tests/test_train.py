@@ -4,6 +4,7 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
+import xgboost as xgb
 
 from tasks.cluster import dask_cluster, worker_env
 from tasks.config import ClusterConfig, ConfigError
@@ -127,6 +128,40 @@ def test_fit_evaluates_train_and_valid_every_round_and_reports_progress(cluster)
         time.sleep(0.05)
     assert [e["round"] for e in events] == [10, 20, 30]
     assert events[-1]["valid-logloss"] == pytest.approx(history["valid"]["logloss"][-1])
+
+
+def test_the_workers_of_one_machine_train_in_one_of_them_with_all_their_threads():
+    """Two single-threaded local workers (`glassbox up` on 2 cores): one trains with 2 threads
+    (OpenMP was started with them), the same model as plain `xgb.train` on the rows in order."""
+    import os
+
+    from tasks.cluster import one_trainer
+
+    with dask_cluster(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1)) as handle:
+        params = xgb_params("binary", 2, {"max_depth": 4}, device="cpu", eval_auc=False)
+        address, nthread = one_trainer(handle.client)
+        assert nthread == 2 and address in handle.client.scheduler_info()["workers"]
+        omp = handle.client.run(lambda: os.environ.get("OMP_NUM_THREADS"))
+        assert list(omp.values()) == ["2", "2"]
+        train, valid = _dask(20_000, 4, npartitions=3), _dask(3_000, 5, npartitions=2)
+        booster, history = fit(
+            handle.client, train, valid, params, num_boost_round=40, early_stopping_rounds=None
+        )
+        assert one_trainer(handle.client, "cuda") is None  # GPUs train with the collective
+    x, y = (c.compute() for c in train)
+    xv, yv = (c.compute() for c in valid)
+    dtrain = xgb.QuantileDMatrix(x, y, nthread=2)
+    plain: dict = {}
+    expected = xgb.train(
+        {**params, "nthread": 2},
+        dtrain,
+        40,
+        evals=[(dtrain, "train"), (xgb.QuantileDMatrix(xv, yv, ref=dtrain), "valid")],
+        evals_result=plain,
+        verbose_eval=False,
+    )
+    assert history == plain
+    np.testing.assert_array_equal(booster.inplace_predict(xv), expected.inplace_predict(xv))
 
 
 def test_early_stopping_keeps_the_best_round(cluster):
