@@ -12,7 +12,8 @@ max(3 s, 5%), training at most 1.15x.
 
 With `--platform` the flow runs against a `glassbox up` started for the benchmark (its Prefect
 server, its standing Dask cluster); it then also times the default preset end to end with the
-CLI (target 8 s) and as a deployment run through the platform's worker.
+CLI (target 8 s; on the fresh platform and after the fraud runs) and as a deployment run
+through the platform's worker.
 """
 
 from __future__ import annotations
@@ -222,6 +223,11 @@ def main() -> None:
         else:
             server, env = start_prefect_server(tmp / "prefect")
         try:
+            before: list[float] = []
+            if args.platform:
+                print("default preset on the fresh platform: a warm-up run, then 3 timed")
+                run_default(env, tmp)
+                before = [run_default(env, tmp) for _ in range(3)]
             print("warm-up (not counted): one run of each; creates the MLflow store")
             run_flow(env, tmp, args.extra)
             run_plain(tmp)
@@ -242,9 +248,10 @@ def main() -> None:
                 runs = [run_deployment(env, tmp) for _ in range(3)]
                 med = statistics.median
                 extra_lines = [
-                    f"default preset, CLI with `glassbox up`, end to end: median "
-                    f"{med(cli):.2f} s ({', '.join(f'{c:.2f}' for c in cli)}); target <= 8 s: "
-                    f"{'met' if med(cli) <= 8 else 'NOT met'}",
+                    f"default preset, CLI with `glassbox up`, end to end, before the fraud "
+                    f"runs: median {med(before):.2f} s ({', '.join(f'{c:.2f}' for c in before)}); "
+                    f"after them: median {med(cli):.2f} s ({', '.join(f'{c:.2f}' for c in cli)}); "
+                    f"target <= 8 s: {'met' if max(med(before), med(cli)) <= 8 else 'NOT met'}",
                     f"default preset as a deployment run through the worker: request to "
                     f"completion {med(r['total'] for r in runs):.2f} s, the flow run itself "
                     f"{med(r['flow'] for r in runs):.2f} s (medians of {len(runs)})",

@@ -132,16 +132,27 @@ def machine_memory() -> int:
     return int(psutil.virtual_memory().total)
 
 
+def _openmp_threads() -> str | None:
+    """On a worker: the OpenMP thread count it started with."""
+    return os.environ.get("OMP_NUM_THREADS")
+
+
 def one_trainer(client: Client, device: str = "cpu") -> tuple[str, int] | None:
-    """Where a CPU model trains in one process: the worker with the most threads, using the
-    threads of every worker, when all the cluster's workers share one machine (the local
-    cluster, `glassbox up`'s). None when XGBoost's collective is needed: workers on several
-    machines, or GPUs (one worker each)."""
+    """Where a model trains in one process: the one worker, or for CPUs the worker with the
+    most threads, using the threads of every worker, when all the cluster's workers share one
+    machine (the local cluster, `glassbox up`'s) and it can (OpenMP started with as many). None
+    when XGBoost's collective is needed: workers on several machines, or several GPUs."""
     workers = client.scheduler_info()["workers"]
+    if len(workers) == 1:
+        return next(iter(workers)), 0
     if device != "cpu" or len({w["host"] for w in workers.values()}) != 1:
-        return None if len(workers) > 1 else (next(iter(workers)), 0)
+        return None
     address = max(workers, key=lambda a: (workers[a]["nthreads"], a))
-    return address, sum(w["nthreads"] for w in workers.values())
+    threads = sum(w["nthreads"] for w in workers.values())
+    # OpenMP keeps the thread count a worker started with (Dask's default is 1): a worker
+    # started with fewer would train on fewer than the collective would use.
+    omp = client.run(_openmp_threads, workers=[address])[address]
+    return (address, threads) if omp is None or int(omp) >= threads else None
 
 
 def train_on_worker(

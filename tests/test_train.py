@@ -148,6 +148,10 @@ def test_the_workers_of_one_machine_train_in_one_of_them_with_all_their_threads(
             handle.client, train, valid, params, num_boost_round=40, early_stopping_rounds=None
         )
         assert one_trainer(handle.client, "cuda") is None  # GPUs train with the collective
+    # Dask's own workers start OpenMP with one thread: the collective then uses more
+    with dask_cluster(ClusterConfig(kind="local", n_workers=2, threads_per_worker=1)) as other:
+        other.client.run(lambda: os.environ.update(OMP_NUM_THREADS="1"))
+        assert one_trainer(other.client) is None
     x, y = (c.compute() for c in train)
     xv, yv = (c.compute() for c in valid)
     dtrain = xgb.QuantileDMatrix(x, y, nthread=2)
