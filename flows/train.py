@@ -207,9 +207,7 @@ def train_loaded(
             )
         splits = splitting.result()
         on_workers = preload(cluster, splits, info, ("train", "valid"))
-        trained = train_model(
-            cluster, info, splits, cfg.train, workspace, run.run_id, data=on_workers
-        )
+        trained = train_model(cluster, info, splits, cfg.train, workspace, run.run_id, on_workers)
         del on_workers  # the workers let go of the train and valid rows
         # Logging the model needs no cluster: it runs while the test set is evaluated.
         logging = log_model.submit(

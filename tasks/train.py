@@ -22,7 +22,7 @@ from tasks import tracking
 from tasks.calibration import Platt, fit_platt
 from tasks.cluster import ClusterHandle, WorkerProgress, one_trainer, train_on_worker
 from tasks.config import TaskType, TrainConfig
-from tasks.data import DatasetInfo, preload
+from tasks.data import DatasetInfo
 from tasks.drift import reference_summary
 from tasks.serving import ModelCard
 
@@ -176,12 +176,11 @@ def train_model(
     cfg: TrainConfig,
     workspace: str,
     run_id: str,
-    data: dict[str, tuple[Any, Any]] | None = None,
+    data: dict[str, tuple[Any, Any]],
 ) -> dict[str, Any]:
     """Train on the cluster, log params and per-round history; return the model path and history.
-    `data`: the train and valid splits already on the workers (`tasks.data.preload`); without
-    it they are read here. `train_seconds` counts from the data being on the workers: XGBoost's
-    matrices and the boosting."""
+    `data`: the train and valid splits on the workers (`tasks.data.preload`). `train_seconds`
+    counts from the data being there: XGBoost's matrices and the boosting."""
     logger = get_run_logger()
     params = xgb_params(
         info.task,
@@ -199,7 +198,6 @@ def train_model(
             "listens on all network addresses (XGBoost has no option to bind it to one)",
             len(cluster.client.scheduler_info()["workers"]),
         )
-    data = data or preload(cluster, splits, info, ("train", "valid"))
     wait([part for pair in data.values() for part in pair])
     start = time.perf_counter()
     booster, history = fit(
