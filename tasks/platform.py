@@ -297,6 +297,26 @@ def runner_socket(home: Path) -> Path:
     return home / "runner.sock"
 
 
+def engine_command(home: Path) -> str:
+    """The command the work pool starts a flow run with: the run is handed to the warm runner
+    (`tasks.runner.engine`), which falls back to `python -m prefect.engine` on its own."""
+    import shlex
+
+    return shlex.join(
+        [sys.executable, "-m", "tasks.runner", runner.ENGINE, str(runner_socket(home))]
+    )
+
+
+def with_engine_command(template: dict[str, Any], command: str) -> dict[str, Any]:
+    """A process work pool's base job template whose flow runs start with `command` unless a
+    deployment or run sets its own (pure)."""
+    import copy
+
+    template = copy.deepcopy(template)
+    template["variables"]["properties"]["command"]["default"] = command
+    return template
+
+
 def for_run(cfg: PipelineConfig, state: State | None) -> PipelineConfig:
     """What a run takes from a running platform (pure): the standing cluster when the config
     leaves the cluster to `auto`; the platform's store when no store was chosen (config, --set
@@ -504,6 +524,8 @@ def up(settings: Settings, say: Callable[[str], None] = print, deploy: bool = Tr
                 f"{part.name}: port {port} on 127.0.0.1 is taken by another program "
                 f"(choose another with --{part.name.split('-')[0]}-port)"
             )
+        if part.name == "prefect-worker":
+            _pool_uses_runner(settings)
         t0 = time.monotonic()
         proc = _start(part, settings)
         # The program itself may run under an interpreter (a script's shebang): its arguments
@@ -531,6 +553,31 @@ def up(settings: Settings, say: Callable[[str], None] = print, deploy: bool = Tr
             )
         say(f"  {'deployments':<15} prefect.yaml deployed in {time.monotonic() - t0:4.1f} s")
     return state
+
+
+def _pool_uses_runner(settings: Settings) -> None:
+    """Create the `glassbox` work pool, or update it, so that its flow runs start in the warm
+    runner: a deployment run then skips Prefect's workspace supervisor and the imports (~5 s)."""
+    import httpx
+
+    url = f"{settings.prefect_api}/work_pools/{POOL}"
+    command = engine_command(settings.home)
+    pool = httpx.get(url, timeout=10)
+    if pool.status_code == 404:
+        from prefect.workers.process import ProcessWorker
+
+        template = with_engine_command(ProcessWorker.get_default_base_job_template(), command)
+        made = httpx.post(
+            f"{settings.prefect_api}/work_pools/",
+            json={"name": POOL, "type": "process", "base_job_template": template},
+            timeout=10,
+        )
+    else:
+        pool.raise_for_status()
+        template = with_engine_command(pool.json()["base_job_template"], command)
+        made = httpx.patch(url, json={"base_job_template": template}, timeout=10)
+    if made.is_error:
+        raise PlatformError(f"could not set up the {POOL} work pool: {made.text[:300]}")
 
 
 def _group_members(pid: int) -> list[Any]:

@@ -8,6 +8,12 @@ child runs `flows.cli.main` with them, so its output goes straight to the user's
 starts in milliseconds instead of the seconds the imports take. The command then waits, forwards
 Ctrl-C (SIGINT), SIGTERM and SIGHUP to the child, and exits with the child's exit status.
 
+Deployment runs come the same way: the platform's work pool starts a flow run with
+`python -m tasks.runner engine SOCKET` (`ENGINE`), a process that imports only the standard library
+and hands the flow run (its environment: `PREFECT__FLOW_RUN_ID`, the worker's control channel) to
+the runner, whose child runs what `python -m prefect.engine` would run. Without a runner, or with
+edited code, it becomes `python -m prefect.engine` itself.
+
 If the command dies (`kill -9`), the runner sees its connection close and ends the child with
 SIGTERM (the run ends FAILED with the reason, as a command's own SIGTERM would), SIGKILL after
 `GRACE` seconds. The runner is single-threaded (a selector loop), so forking it is safe: no
@@ -56,6 +62,8 @@ WARM = (
 )
 # Commands that run a flow (the others are quick or serve pages of their own).
 DELEGATED = ("train", "retrain", "sweep", "promote", "rollback")
+ENGINE = "engine"  # `python -m tasks.runner engine SOCKET`: a deployment's flow run
+COLD_ENGINE = ("-m", "prefect.engine")  # what a process worker runs without the runner
 
 
 def encode(request: dict[str, Any]) -> bytes:
@@ -106,10 +114,13 @@ def _child(request: dict[str, Any], fds: list[int], close: list[int]) -> None:
         os.environ.clear()
         os.environ.update(request["env"])
         os.environ[IN_RUNNER_ENV] = "1"
-        sys.argv = ["glassbox", *request["argv"]]
-        from flows.cli import main
+        if request.get(ENGINE):
+            code = _run_engine()
+        else:
+            sys.argv = ["glassbox", *request["argv"]]
+            from flows.cli import main
 
-        code = main(request["argv"])
+            code = main(request["argv"])
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:
@@ -121,6 +132,23 @@ def _child(request: dict[str, Any], fds: list[int], close: list[int]) -> None:
             sys.stderr.flush()
         finally:
             os._exit(code)
+
+
+def _run_engine() -> int:
+    """`python -m prefect.engine`, here: the flow run named by `PREFECT__FLOW_RUN_ID` in the
+    environment the worker gave (Prefect's settings read again from it)."""
+    import runpy
+    import warnings
+
+    from prefect.context import refresh_global_settings_context
+
+    refresh_global_settings_context()
+    sys.argv = [sys.executable]  # no argument: the flow run id comes from the environment
+    with warnings.catch_warnings():
+        # prefect.engine was imported before: runpy says so, and runs it as __main__ anyway.
+        warnings.filterwarnings("ignore", message=".*found in sys.modules", category=RuntimeWarning)
+        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+    return 0
 
 
 def _sources() -> list[Path]:
@@ -252,7 +280,9 @@ def _accept(
             conn.sendall(f"{answer}\n".encode())
         conn.close()
         if answer == "stale":
-            say(f"runner: source files changed; glassbox {' '.join(request['argv'])} runs cold")
+            command = " ".join(request["argv"])
+            what = "a flow run" if request.get(ENGINE) else f"glassbox {command}"
+            say(f"runner: source files changed; {what} runs cold")
         return answer == "stale"
     sys.stdout.flush()
     sys.stderr.flush()
@@ -266,7 +296,10 @@ def _accept(
     conn.sendall(f"pid {pid}\n".encode())
     children[pid] = conn
     selector.register(conn, selectors.EVENT_READ)
-    say(f"runner: {pid}: glassbox {' '.join(request['argv'])} (in {request['cwd']})")
+    if request.get(ENGINE):
+        say(f"runner: {pid}: flow run {request['env'].get('PREFECT__FLOW_RUN_ID')}")
+    else:
+        say(f"runner: {pid}: glassbox {' '.join(request['argv'])} (in {request['cwd']})")
     return False
 
 
@@ -307,13 +340,14 @@ def _signal_group(pid: int, sig: int) -> None:
 # The command's side
 
 
-def delegate(path: Path, argv: list[str]) -> int | None:
-    """Run the command in the runner at `path`: its exit status, or None when no runner
-    answers (the command then runs in its own process)."""
+def delegate(path: Path, argv: list[str], engine: bool = False) -> int | None:
+    """Run the command (`engine`: the flow run in this environment) in the runner at `path`:
+    its exit status, or None when no runner answers (the command then runs in its own
+    process)."""
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(str(path))
-        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ)}
+        request = {"argv": argv, "cwd": os.getcwd(), "env": dict(os.environ), ENGINE: engine}
         payload = encode(request)
         socket.send_fds(conn, [payload[:1]], [0, 1, 2])
         conn.sendall(payload[1:])
@@ -358,9 +392,22 @@ def ping(path: Path, timeout: float = 2.0) -> bool:
         return False
 
 
+def engine(path: Path) -> None:
+    """A process worker's flow run: in the runner at `path` when it answers, else (no runner,
+    edited code) as `python -m prefect.engine` in this process."""
+    code = delegate(path, [], engine=True)
+    if code is None:
+        os.execv(sys.executable, [sys.executable, *COLD_ENGINE])
+    sys.exit(code)
+
+
 def main() -> None:
-    """`python -m tasks.runner SOCKET`: the platform starts it."""
-    serve(Path(sys.argv[1]))
+    """`python -m tasks.runner SOCKET`: the platform starts the runner;
+    `python -m tasks.runner engine SOCKET`: its work pool starts a flow run."""
+    if sys.argv[1] == ENGINE:
+        engine(Path(sys.argv[2]))
+    else:
+        serve(Path(sys.argv[1]))
 
 
 if __name__ == "__main__":

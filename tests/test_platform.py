@@ -240,6 +240,70 @@ print(json.dumps({"id": str(run.id), "state": run.state.type.value,
     text = "\n".join(entry["message"] for entry in logs)
     assert reason in text
     assert "Traceback" not in text
+    # the work pool handed the run to the warm runner
+    assert f"flow run {run['id']}" in _runner_log(up)
+
+
+def test_a_deployment_run_starts_in_the_warm_runner_and_a_cancel_ends_it(up):
+    """The pool's command hands each flow run to the runner (no workspace supervisor, no
+    imports); a cancel from Prefect still reaches the run: Cancelled, its MLflow run KILLED with
+    the reason, nothing of it left in the runner."""
+    pool = httpx.get(f"{up['prefect']}/api/work_pools/glassbox").json()
+    command = pool["base_job_template"]["variables"]["properties"]["command"]["default"]
+    assert command.split()[-3:] == ["tasks.runner", "engine", str(up["home"] / "runner.sock")]
+    slow = {
+        "data.rows": 60000,
+        "explain.enabled": False,
+        "train.num_boost_round": 5000,
+        "train.early_stopping_rounds": None,
+        "tracking.experiment": "cancelled-deployment",
+    }
+    code = f"""
+import asyncio, json, time
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.deployments import run_deployment
+from prefect.states import Cancelling
+
+async def main():
+    run = await run_deployment("train/train", timeout=0,
+                               parameters={{"preset": "fraud", "overrides": {slow!r}}})
+    async with get_client() as client:
+        for _ in range(600):  # until it trains: its log says a round
+            mine = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run.id]))
+            if any("round 25:" in log.message for log in await client.read_logs(mine)):
+                break
+            await asyncio.sleep(0.5)
+        await client.set_flow_run_state(run.id, Cancelling())
+        for _ in range(240):
+            run = await client.read_flow_run(run.id)
+            if run.state.is_final():
+                break
+            await asyncio.sleep(0.5)
+    print(json.dumps({{"id": str(run.id), "state": run.state.type.value}}))
+
+asyncio.run(main())
+"""
+    env = {**up["env"], "PREFECT_API_URL": f"{up['prefect']}/api"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=400
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = json.loads(out.stdout.strip().splitlines()[-1])
+    assert run["state"] == "CANCELLED"
+    assert f"flow run {run['id']}" in _runner_log(up)
+    deadline = time.time() + 30
+    while _runner_children(up) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _runner_children(up) == []
+    from mlflow import MlflowClient
+
+    client = MlflowClient(up["store"])
+    (mlflow_run,) = client.search_runs(
+        [client.get_experiment_by_name("cancelled-deployment").experiment_id]
+    )
+    assert mlflow_run.info.status == "KILLED"
+    assert "cancelled" in mlflow_run.data.tags["glassbox.failure_reason"]
 
 
 @pytest.mark.browser
