@@ -27,10 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import yaml
-
 from tasks import runner
-from tasks.config import DEFAULT_STORE
 
 if TYPE_CHECKING:
     from tasks.config import PipelineConfig
@@ -331,6 +328,8 @@ def for_run(cfg: PipelineConfig, state: State | None) -> PipelineConfig:
         )
     tracking: dict[str, Any] = {}
     uri = cfg.tracking.uri
+    from tasks.config import DEFAULT_STORE
+
     if "uri" not in cfg.tracking.model_fields_set and uri == DEFAULT_STORE:
         # nobody chose a store: the platform's
         uri = tracking["uri"] = state.store
@@ -491,6 +490,8 @@ def _start(part: Part, settings: Settings) -> subprocess.Popen[bytes]:
 def up(settings: Settings, say: Callable[[str], None] = print, deploy: bool = True) -> State:
     """Start what is not running, health-check each part before the next, deploy
     `prefect.yaml`; a second call starts nothing that already answers."""
+
+    import yaml
 
     from tasks import tracking
     from tasks.config import TrackingConfig

@@ -44,6 +44,7 @@ GRACE = 20.0  # seconds between SIGTERM and SIGKILL for a child whose command di
 # Imported once, before any fork: everything a command's run imports.
 WARM = (
     "flows.cli",
+    "flows.commands",
     "flows.train",
     "flows.retrain",
     "flows.sweep",

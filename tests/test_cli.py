@@ -129,7 +129,7 @@ def test_a_bad_data_source_is_one_line_before_prefect_starts(tmp_path):
 
 
 def test_the_summary_names_the_registered_model_uri_to_load():
-    from flows.cli import _summary
+    from flows.commands import _summary
 
     text = _summary(
         {
