@@ -80,7 +80,8 @@ def test_edited_code_is_not_served_stale_and_the_runner_reloads(warm, tmp_path):
 
 def test_the_store_is_opened_once_and_no_connection_crosses_a_fork(tmp_path):
     """In a single-threaded process, as the runner is: the store is opened before the fork with
-    no connection left open, and the forked child finds it in MLflow's cache."""
+    no connection left open, and the forked child finds it in MLflow's cache; MLflow's map of
+    the installed packages (its requirement check when a model is logged) is made once too."""
     code = f"""
 import os, threading
 from mlflow.tracking._tracking_service.utils import _get_store
@@ -89,11 +90,14 @@ from tasks.config import TrackingConfig
 uri = "sqlite:///{tmp_path}/mlflow.db"
 tracking.configure(TrackingConfig(uri=uri))  # what `glassbox up` does
 runner._open_store(uri)
+runner._map_packages()
 store = _get_store(uri)
 assert store.engine.pool.checkedin() == 0 and store.engine.pool.checkedout() == 0
 pid = os.fork()
 if pid == 0:
+    from mlflow.utils import requirements_utils
     ok = _get_store(uri) is store and store.search_experiments()[0].name == "Default"
+    ok = ok and "xgboost" in requirements_utils._MODULES_TO_PACKAGES["xgboost"]
     os._exit(0 if ok else 1)
 assert os.waitpid(pid, 0)[1] == 0, "the child could not use the store"
 runner._open_store("http://127.0.0.1:5000")  # a server: nothing to open
