@@ -151,6 +151,8 @@ def run_sweep(cfg: PipelineConfig) -> dict[str, Any]:
     ) as parent:
         tracking.log_params(parent.run_id, _parent_params(cfg, plan))
         with dask_cluster(cfg.cluster) as cluster:
+            if cluster.note:
+                get_run_logger().warning(cluster.note)
             threads = sum(
                 w["nthreads"] for w in cluster.client.scheduler_info()["workers"].values()
             )

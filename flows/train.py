@@ -200,6 +200,8 @@ def train_loaded(
             loaded, workspace, run.run_id, cfg.explain.app_rows, cfg.split.seed
         )
         cluster = starting.result()
+        if cluster.note:
+            get_run_logger().warning(cluster.note)
         check_shared_folder(cluster, shared)
         if cluster.dashboard:
             get_run_logger().info(

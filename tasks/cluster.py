@@ -31,6 +31,7 @@ class ClusterHandle:
     device: Device
     kind: str
     dashboard: str | None
+    note: str | None = None  # something the run should say about the cluster
 
 
 def gpu_count() -> int:
@@ -198,12 +199,13 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if cfg.kind == "address":
         with Client(cfg.address, timeout="30s") as client:
+            note = _refresh_platform_workers(client, cfg.address)
             has_gpu = any(
                 w.get("resources", {}).get("GPU")
                 for w in client.scheduler_info()["workers"].values()
             )
             yield ClusterHandle(
-                client, "cuda" if has_gpu else "cpu", "address", client.dashboard_link
+                client, "cuda" if has_gpu else "cpu", "address", client.dashboard_link, note
             )
         return
 
@@ -236,6 +238,55 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
     with cluster, Client(cluster) as client:
         link = client.dashboard_link if cfg.dashboard else None
         yield ClusterHandle(client, device, "cuda" if n_gpus else "local", link)
+
+
+def stale_workers(started: dict[str, float], newest_source: float) -> list[str]:
+    """The workers that started before the newest source file was written (pure)."""
+    return sorted(w for w, t in started.items() if t < newest_source)
+
+
+def _refresh_platform_workers(client: Client, address: str) -> str | None:
+    """The standing workers of `glassbox up` import Glassbox's code once: after an edit to
+    `flows/` or `tasks/` they would run the old code beside a flow running the new. They are
+    restarted (their nanny starts them again, with the new code) when nothing else uses the
+    cluster; otherwise the run is told. Returns what the run should say, if anything."""
+    from tasks import platform, runner
+
+    state = platform.running()
+    if state is None or state.scheduler != address or "dask-worker" not in state.processes:
+        return None  # not the platform's workers: their code is theirs
+    import psutil
+
+    files = runner.sources()
+    newest = max(f.stat().st_mtime for f in files)
+    # The workers are processes of this machine; asked for nothing of Glassbox's (their copy
+    # of it may be the old one).
+    started = {w: psutil.Process(pid).create_time() for w, pid in client.run(os.getpid).items()}
+    stale = stale_workers(started, newest)
+    if not stale:
+        return None
+    edited = max(files, key=lambda f: f.stat().st_mtime).name
+
+    def others_on(dask_scheduler: Any) -> bool:
+        """Another client is connected, or tasks are held (sent by value: the scheduler
+        imports nothing of Glassbox's)."""
+        clients = [c for c in dask_scheduler.clients if c != "fire-and-forget"]
+        return len(clients) > 1 or bool(dask_scheduler.tasks)
+
+    if client.run_on_scheduler(others_on):
+        return (
+            f"The standing Dask workers run code older than {edited} and another run is using "
+            "them: this run's steps on the workers use the old code (`glassbox down && "
+            "glassbox up` when the cluster is idle)"
+        )
+    import time
+
+    start = time.monotonic()
+    client.restart(wait_for_workers=True)
+    return (
+        f"Restarted the standing Dask workers: they ran code older than {edited} "
+        f"({time.monotonic() - start:.1f} s)"
+    )
 
 
 @contextmanager

@@ -152,7 +152,7 @@ def _run_engine() -> int:
     return 0
 
 
-def _sources() -> list[Path]:
+def sources() -> list[Path]:
     """The project's Python files the runner has imported (flows, tasks, whatif)."""
     import flows
     import tasks
@@ -164,7 +164,7 @@ def _sources() -> list[Path]:
 def _stale(files: list[Path], since: float) -> bool:
     """A source file changed (or appeared) after the runner imported them."""
     try:
-        return any(f.stat().st_mtime > since for f in files) or len(_sources()) != len(files)
+        return any(f.stat().st_mtime > since for f in files) or len(sources()) != len(files)
     except OSError:
         return True
 
@@ -201,7 +201,7 @@ def serve(path: Path, log: Any = None) -> None:
         importlib.import_module(name)
     _open_store(os.environ.get("MLFLOW_TRACKING_URI", ""))
     _map_packages()
-    files = _sources()
+    files = sources()
     say(f"runner: imported {len(WARM)} modules in {time.monotonic() - t0:.1f} s")
     path.unlink(missing_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -156,6 +156,42 @@ def test_a_cli_run_uses_the_platform_and_links_both_ways(up):
     assert "| test_log_loss |" in cards[0]["data"]  # the final version, not the start stub
 
 
+def _worker_pids(up) -> list[int]:
+    from distributed import Client
+
+    with Client(f"tcp://127.0.0.1:{up['ports']['dask']}", timeout="30s") as client:
+        return sorted(client.run(os.getpid).values())
+
+
+def test_edited_code_reaches_the_standing_workers(up):
+    """After an edit under tasks/, the next run restarts the standing workers (they would run
+    the old code) when nobody else uses them; when another client does, it leaves them and
+    says so."""
+    sets = ["train.num_boost_round=5", "explain.enabled=false", "tracking.experiment=edited"]
+    quick = ["train", "wine", *[a for s in sets for a in ("--set", s)]]
+    # another client holds data on the cluster: the workers are left alone, the run says why
+    from distributed import Client
+
+    before = _worker_pids(up)
+    os.utime(ROOT / "tasks" / "names.py")  # an edit
+    with Client(f"tcp://127.0.0.1:{up['ports']['dask']}", timeout="30s") as other:
+        held = other.scatter(list(range(10)))
+        out = _glassbox(up["env"], *quick)
+        assert out.returncode == 0, out.stderr[-3000:]
+        assert "run code older than names.py and another run is using them" in out.stderr
+        assert _worker_pids(up) == before
+        del held
+    # alone on the cluster: restarted, with the new code; the run after that restarts nothing
+    out = _glassbox(up["env"], *quick)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Restarted the standing Dask workers: they ran code older than names.py" in out.stderr
+    after = _worker_pids(up)
+    assert len(after) == len(before) and not set(after) & set(before)
+    out = _glassbox(up["env"], *quick)
+    assert out.returncode == 0 and "standing Dask workers" not in out.stderr
+    assert _worker_pids(up) == after
+
+
 def _runner_log(up) -> str:
     return (up["home"] / "logs" / "runner.log").read_text()
 
