@@ -575,6 +575,8 @@ def _pool_uses_runner(settings: Settings) -> None:
         )
     else:
         pool.raise_for_status()
+        if pool.json().get("type") != "process":
+            return  # a pool of the user's own kind: its runs start as it says
         template = with_engine_command(pool.json()["base_job_template"], command)
         made = httpx.patch(url, json={"base_job_template": template}, timeout=10)
     if made.is_error:
