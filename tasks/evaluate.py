@@ -119,18 +119,11 @@ def evaluate_model(
         preds, own = calibrated(preds, platt)
         uncalibrated = own[0]
     tuned = best_f1_threshold(*preds[1]) if binary else None
-    scores = evaluation_metrics(
-        info.task, *preds[0], threshold=cfg.threshold, tuned_threshold=tuned
-    )
-    if uncalibrated is not None:  # before and after the map, on the test rows
-        before = binary_metrics(preds[0][0], uncalibrated)
-        scores |= {f"test_{k}_uncalibrated": before[k] for k in ("log_loss", "brier_score")}
-    tracking.log_metrics(run_id, scores)
     context = _figure_context(trained["model"], info, splits, cfg)
     row_ids = context.pop("row_ids")
     logged: list[str] = []
-    # Drawn on the workers (their own processes) while this one logs the tables; logged in one
-    # batch, in the usual order.
+    # Drawn on the workers (their own processes) while this one computes and logs the metrics
+    # and the tables; logged in one batch, in the usual order.
     client = cluster.client
     shared = client.scatter(
         {
@@ -160,6 +153,13 @@ def evaluate_model(
         )
         for name in wanted(cfg)
     ]
+    scores = evaluation_metrics(
+        info.task, *preds[0], threshold=cfg.threshold, tuned_threshold=tuned
+    )
+    if uncalibrated is not None:  # before and after the map, on the test rows
+        before = binary_metrics(preds[0][0], uncalibrated)
+        scores |= {f"test_{k}_uncalibrated": before[k] for k in ("log_loss", "brier_score")}
+    tracking.log_metrics(run_id, scores)
     for name, table in _tables(info, cfg, preds[0], row_ids):
         tracking.log_table(run_id, table, f"tables/{name}.json")
     with tracking.artifact_batch(run_id, "figures") as out:
