@@ -153,12 +153,12 @@ def _run_engine() -> int:
 
 
 def sources() -> list[Path]:
-    """The project's Python files the runner has imported (flows, tasks, whatif)."""
+    """The project's Python files the runner has imported (flows, tasks and its packages)."""
     import flows
     import tasks
 
     roots = [Path(flows.__file__).parent, Path(tasks.__file__).parent]
-    return [f for root in roots for f in root.glob("*.py")]
+    return [f for root in roots for f in root.rglob("*.py")]
 
 
 def _stale(files: list[Path], since: float) -> bool:

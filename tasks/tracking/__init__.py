@@ -1,0 +1,128 @@
+"""The one home of MLflow: every helper takes the run id explicitly and uses `MlflowClient`.
+
+`mlflow.active_run()` is per thread and Dask workers are other processes, so nothing here relies
+on a fluent "current run". `configure` is called by the flow; importing this package does nothing.
+
+One module per job, all of it reached as `tracking.<name>`:
+- `runs`: the store (configured once, checked before any compute), a run per flow run and its
+  child runs, how a run ends, params and metrics;
+- `artifacts`: a run's files (tables, texts, figures, batches) and its data set;
+- `models`: the pyfunc model MLflow serves, logged into the run's experiment, and registered;
+- `registry`: aliases, version tags, the promotion history, finding and loading versions.
+"""
+
+from tasks.tracking.artifacts import (
+    ArtifactBatch,
+    artifact_batch,
+    frame_digest,
+    log_bytes,
+    log_dataset,
+    log_figure,
+    log_file,
+    log_table,
+    log_text,
+)
+from tasks.tracking.models import (
+    GlassboxModel,
+    LoggedModel,
+    log_glassbox_model,
+    model_signature,
+    register_model,
+)
+from tasks.tracking.registry import (
+    HISTORY_TAG,
+    LoadedModel,
+    ModelRef,
+    VersionInfo,
+    alias_version,
+    append_history,
+    history,
+    load_pyfunc,
+    load_registered,
+    model_exists,
+    model_versions,
+    registered_models,
+    resolve_model,
+    run_artifact,
+    run_link,
+    run_summary,
+    set_alias,
+    set_version_tags,
+)
+from tasks.tracking.runs import (
+    CURVES,
+    FAILURE_TAG,
+    PARENT_TAG,
+    PREFECT_RUN_TAG,
+    PROCESS_TAG,
+    STORE_TIMEOUT,
+    RunRef,
+    check_store,
+    child_runs,
+    configure,
+    end_orphaned_runs,
+    flatten,
+    log_child_run,
+    log_history,
+    log_metrics,
+    log_params,
+    mark_failed,
+    mlflow_run,
+    safe_key,
+    set_tags,
+)
+
+__all__ = [
+    "CURVES",
+    "FAILURE_TAG",
+    "HISTORY_TAG",
+    "PARENT_TAG",
+    "PREFECT_RUN_TAG",
+    "PROCESS_TAG",
+    "STORE_TIMEOUT",
+    "ArtifactBatch",
+    "GlassboxModel",
+    "LoadedModel",
+    "LoggedModel",
+    "ModelRef",
+    "RunRef",
+    "VersionInfo",
+    "alias_version",
+    "append_history",
+    "artifact_batch",
+    "check_store",
+    "child_runs",
+    "configure",
+    "end_orphaned_runs",
+    "flatten",
+    "frame_digest",
+    "history",
+    "load_pyfunc",
+    "load_registered",
+    "log_bytes",
+    "log_child_run",
+    "log_dataset",
+    "log_figure",
+    "log_file",
+    "log_glassbox_model",
+    "log_history",
+    "log_metrics",
+    "log_params",
+    "log_table",
+    "log_text",
+    "mark_failed",
+    "mlflow_run",
+    "model_exists",
+    "model_signature",
+    "model_versions",
+    "register_model",
+    "registered_models",
+    "resolve_model",
+    "run_artifact",
+    "run_link",
+    "run_summary",
+    "safe_key",
+    "set_alias",
+    "set_tags",
+    "set_version_tags",
+]
