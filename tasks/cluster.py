@@ -257,15 +257,12 @@ def _refresh_platform_workers(client: Client, address: str) -> str | None:
         return None  # not the platform's workers: their code is theirs
     import psutil
 
-    files = runner.sources()
-    newest = max(f.stat().st_mtime for f in files)
+    newest, edited = max((f.stat().st_mtime, f.name) for f in runner.sources())
     # The workers are processes of this machine; asked for nothing of Glassbox's (their copy
     # of it may be the old one).
     started = {w: psutil.Process(pid).create_time() for w, pid in client.run(os.getpid).items()}
-    stale = stale_workers(started, newest)
-    if not stale:
+    if not stale_workers(started, newest):
         return None
-    edited = max(files, key=lambda f: f.stat().st_mtime).name
 
     def others_on(dask_scheduler: Any) -> bool:
         """Another client is connected, or tasks are held (sent by value: the scheduler
