@@ -481,7 +481,10 @@ def _run_flow(
             # Prefect and MLflow load only for a valid config
             import importlib
 
+            from tasks.gc_tuning import tune
+
             flow = getattr(importlib.import_module(f"flows.{command}"), command)
+            tune()  # this process draws figures too
             result = flow(**_preset_args(path), overrides=overrides)
     except ConfigError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)

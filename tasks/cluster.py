@@ -83,8 +83,9 @@ def _local_config(threads: int, openmp: int | None = None) -> dict[str, object]:
     return {
         **spawn,
         "distributed.worker.profile.enabled": False,
-        # Imported while the worker starts (which overlaps data loading), not by the first task.
-        "distributed.worker.preload": ["xgboost.dask", "dask.dataframe"],
+        # Imported while the worker starts (which overlaps data loading), not by the first task;
+        # `tasks.gc_tuning` sets the collector for drawing figures once they are all imported.
+        "distributed.worker.preload": ["xgboost.dask", "dask.dataframe", "tasks.gc_tuning"],
         "logging.distributed": "warning",
     }
 

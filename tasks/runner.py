@@ -201,6 +201,10 @@ def serve(path: Path, log: Any = None) -> None:
         importlib.import_module(name)
     _open_store(os.environ.get("MLFLOW_TRACKING_URI", ""))
     _map_packages()
+    # Before any fork: the children inherit the imports frozen out of the collector's walks.
+    from tasks.gc_tuning import tune
+
+    tune()
     files = sources()
     say(f"runner: imported {len(WARM)} modules in {time.monotonic() - t0:.1f} s")
     path.unlink(missing_ok=True)
