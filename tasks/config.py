@@ -258,7 +258,7 @@ class ExplainConfig(_Stage):
     lime_train_rows: int = Field(
         5_000, ge=10, description="training rows LIME's explainer learns its statistics from"
     )
-    lime_features: int = Field(10, ge=1, description="features shown in LIME's pages and charts")
+    lime_features: int = Field(10, ge=1, description="features shown in LIME's pages")
     compare_top_k: int = Field(
         5,
         ge=1,

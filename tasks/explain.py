@@ -146,7 +146,7 @@ def _local(
     threshold: float,
     run_id: str,
 ) -> dict[str, Any]:
-    """Local SHAP (waterfall, force page) and LIME (page, chart, weights) for the chosen rows,
+    """Local SHAP (waterfall, force page) and LIME (page, weights) for the chosen rows,
     their agreement (table, mean metrics, a figure per row), and explanations/index.html; the
     files are logged in one batch."""
     import xgboost as xgb
@@ -241,12 +241,12 @@ def _lime_files(
     info: DatasetInfo,
     cfg: ExplainConfig,
 ) -> None:
-    """One row's LIME page, weights, chart and SHAP-vs-LIME figure; adds the files and the
+    """One row's LIME page and weights and its SHAP-vs-LIME figure; adds the files and the
     agreement to the row's index entry."""
     from tasks.lime_rows import compared_k, page
 
     name = unique_slug(str(entry["row_id"]))
-    files = [f"lime/row_{name}.{ext}" for ext in ("html", "json", "png")]
+    files = [f"lime/row_{name}.{ext}" for ext in ("html", "json")]
     files.append(f"shap_vs_lime/row_{name}.png")
     out.text(files[0], page(result))
     record = {
@@ -265,8 +265,7 @@ def _lime_files(
         "shap_vs_lime": result["agreement"],
     }
     out.text(files[1], json.dumps(record, indent=2, default=str))
-    out.write_bytes(files[2], result["chart"])
-    out.write_bytes(files[3], result["comparison"])
+    out.write_bytes(files[2], result["comparison"])
     entry["comparison"] = result["comparison"]
     entry["files"] += files
     entry.update(

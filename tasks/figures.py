@@ -552,19 +552,6 @@ def _signed_bars(ax: Axes, labels: list[str], values: np.ndarray, bold: set[str]
     ax.axvline(0, color="0.3", lw=0.8)
 
 
-def lime_weights(conditions: list[str], weights: np.ndarray, *, top: int, title: str) -> Figure:
-    """LIME's weights for one row: the `top` largest by magnitude, with the condition LIME
-    states for each feature (its quartile bin or category)."""
-    weights = np.asarray(weights, dtype=float)
-    order = np.argsort(-np.abs(weights), kind="stable")[:top]
-    with style():
-        fig, axes = _figure(size=(7.0, max(2.5, 0.32 * len(order) + 1.3)))
-        ax = axes[0, 0]
-        _signed_bars(ax, [conditions[j] for j in order], weights[order], set())
-        ax.set(title=title, xlabel="LIME weight (local linear model)")
-    return fig
-
-
 def shap_vs_lime(
     features: list[str],
     shap_values: np.ndarray,
@@ -574,24 +561,33 @@ def shap_vs_lime(
     title: str,
     shap_unit: str,
     lime_unit: str,
+    lime_conditions: list[str] | None = None,
+    lime_fit: float | None = None,
 ) -> Figure:
     """One row's top-k features by SHAP (left) and by LIME (right); features in both top-k
-    lists are in bold."""
+    lists are in bold. LIME's bars are labelled with its `lime_conditions` (the quartile bin or
+    category it states for each feature) and titled with its local fit R² (`lime_fit`) when
+    given: the figure then shows all LIME's own chart shows for those features."""
     shap_values, lime_weights = np.asarray(shap_values), np.asarray(lime_weights)
     tops = [np.argsort(-np.abs(v), kind="stable")[:top_k] for v in (shap_values, lime_weights)]
-    common = {features[j] for j in set(tops[0]) & set(tops[1])}
+    shared = set(tops[0]) & set(tops[1])
+    names = (features, lime_conditions or features)
+    fit = "" if lime_fit is None else f", local fit R² {lime_fit:.2f}"
+    titles = (f"SHAP: top {len(tops[0])}", f"LIME: top {len(tops[1])}{fit}")
     with style():
         fig, axes = _figure(2, size=(4.6, max(2.5, 0.35 * top_k + 1.4)))
-        for ax, values, order, name, unit in zip(
+        for ax, values, order, labels, panel, unit in zip(
             axes[0],
             (shap_values, lime_weights),
             tops,
-            ("SHAP", "LIME"),
+            names,
+            titles,
             (shap_unit, lime_unit),
             strict=True,
         ):
-            _signed_bars(ax, [features[j] for j in order], values[order], common)
-            ax.set(title=f"{name}: top {len(order)}", xlabel=unit)
+            bold = {labels[j] for j in shared}
+            _signed_bars(ax, [labels[j] for j in order], values[order], bold)
+            ax.set(title=panel, xlabel=unit)
         fig.suptitle(title)
         fig.supxlabel(f"bold: features in both top-{top_k} lists", fontsize="small", color="0.4")
     return fig

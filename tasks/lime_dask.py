@@ -93,7 +93,6 @@ def lime_rows(
             shap_rows[i],
             info.features,
             top_k=top_k,
-            shown=cfg.lime_features,
             texts=_lime_texts(rows.index[i], int(labels[i]), info, top_k),
             min_score=cfg.lime_min_score,
             pure=False,
@@ -104,7 +103,7 @@ def lime_rows(
 
 
 def _lime_texts(row_id: Any, label: int, info: DatasetInfo, top_k: int) -> dict[str, str]:
-    """Titles and units of a row's LIME chart and comparison figure (format templates)."""
+    """The title (a format template) and units of a row's comparison figure."""
     safe = str(row_id).replace("{", "{{").replace("}", "}}")
     explained = explained_text(info, label)
     if info.task == "regression":
@@ -113,7 +112,6 @@ def _lime_texts(row_id: Any, label: int, info: DatasetInfo, top_k: int) -> dict[
         shap_unit = "log-odds" if info.task == "binary" else f"margin of {info.classes[label]}"
         lime_unit = f"P({info.classes[label]})"
     return {
-        "chart": f"Row {safe}: LIME ({explained}), local fit R² {{score:.2f}}",
         "comparison": f"Row {safe}: SHAP vs LIME, top-{top_k} of {len(info.features)} Jaccard "
         "{top_k_jaccard:.2f} (chance {top_k_jaccard_chance:.2f}), Spearman {spearman:.2f}",
         "shap_unit": f"SHAP ({shap_unit})",

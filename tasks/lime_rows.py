@@ -312,15 +312,14 @@ def row_figures(
     features: list[str],
     *,
     top_k: int,
-    shown: int,
     texts: dict[str, str],
     min_score: float = 0.0,
 ) -> dict[str, Any]:
-    """Row `k` of a chunk's results with its agreement with SHAP, LIME's bar chart and the
-    SHAP-vs-LIME figure as PNG: drawn on the worker that holds the result, while the client
-    draws the SHAP figures. `texts`: titles (`chart` may use {score}, `comparison` the
-    agreement's keys) and the two methods' units. A row whose LIME local fit R² is under
-    `min_score` is marked untrusted, in its titles too."""
+    """Row `k` of a chunk's results with its agreement with SHAP and the SHAP-vs-LIME figure
+    as PNG (LIME's bars labelled with its conditions; LIME's own chart is on its page): drawn
+    on the worker that holds the result, while the client draws the SHAP figures. `texts`: the
+    title (`comparison`, a template of the agreement's keys) and the two methods' units. A row
+    whose LIME local fit R² is under `min_score` is marked untrusted, in its title too."""
     from tasks import figures as figs
 
     result = chunk[k]
@@ -329,12 +328,6 @@ def row_figures(
     trusted = bool(result["score"] >= min_score)
     warning = "" if trusted else f"\nLIME's local fit R² is under {min_score:g}: not to be trusted"
     with figs.DRAWING:
-        chart = figs.lime_weights(
-            result["conditions"],
-            weights,
-            top=shown,
-            title=texts["chart"].format(score=result["score"]) + warning,
-        )
         comparison = figs.shap_vs_lime(
             features,
             shap_row,
@@ -343,6 +336,8 @@ def row_figures(
             title=texts["comparison"].format(**agree) + warning,
             shap_unit=texts["shap_unit"],
             lime_unit=texts["lime_unit"],
+            lime_conditions=list(result["conditions"]),
+            lime_fit=float(result["score"]),
         )
-        pngs = {"chart": figs.png(chart), "comparison": figs.png(comparison)}
-    return {**result, "agreement": agree, "trusted": trusted, **pngs}
+        png = figs.png(comparison)
+    return {**result, "agreement": agree, "trusted": trusted, "comparison": png}

@@ -306,20 +306,6 @@ def _bars(ax) -> list[float]:
     return [p.get_width() for p in ax.patches]
 
 
-def test_lime_chart_shows_the_largest_weights_with_lime_s_conditions():
-    weights = np.array([0.01, -0.3, 0.2, 0.05])
-    conditions = ["a <= 1.00", "b > 2.00", "c=red", "0.10 < d <= 0.50"]
-    fig = figs.lime_weights(conditions, weights, top=3, title="Row 7: LIME (class 1)")
-    (ax,) = fig.get_axes()
-    assert ax.get_title() == "Row 7: LIME (class 1)"
-    assert ax.get_xlabel() == "LIME weight (local linear model)"
-    labels = [
-        t.get_text() for t in sorted(ax.get_yticklabels(), key=lambda t: -t.get_position()[1])
-    ]
-    assert labels == ["b > 2.00", "c=red", "0.10 < d <= 0.50"]  # largest |weight| first
-    assert sorted(_bars(ax)) == [-0.3, 0.05, 0.2]
-
-
 def test_shap_vs_lime_puts_each_method_s_top_features_side_by_side():
     features = ["a", "b", "c", "d"]
     fig = figs.shap_vs_lime(
@@ -340,6 +326,31 @@ def test_shap_vs_lime_puts_each_method_s_top_features_side_by_side():
     assert set(shap_labels) == {"a", "b"} and set(lime_labels) == {"c", "b"}
     assert shap_labels["b"] == lime_labels["b"] == "bold"  # in both top-2 lists
     assert shap_labels["a"] == "normal"
+
+
+def test_shap_vs_lime_labels_lime_s_bars_with_its_conditions_and_fit():
+    features = ["a", "b", "c", "d"]
+    conditions = ["a <= 1.00", "b > 2.00", "c=red", "0.10 < d <= 0.50"]
+    fig = figs.shap_vs_lime(
+        features,
+        np.array([2.0, -1.0, 0.1, 0.5]),
+        np.array([0.01, -0.3, 0.2, 0.05]),
+        top_k=3,
+        title="Row 7: SHAP vs LIME",
+        shap_unit="SHAP (log-odds)",
+        lime_unit="LIME (P(1))",
+        lime_conditions=conditions,
+        lime_fit=0.714,
+    )
+    shap_ax, lime_ax = fig.get_axes()
+    assert lime_ax.get_title() == "LIME: top 3, local fit R² 0.71"
+    ordered = sorted(lime_ax.get_yticklabels(), key=lambda t: -t.get_position()[1])
+    # largest |weight| on top, each named by LIME's condition; bold: in SHAP's top 3 too
+    assert [t.get_text() for t in ordered] == ["b > 2.00", "c=red", "0.10 < d <= 0.50"]
+    assert [t.get_fontweight() for t in ordered] == ["bold", "normal", "bold"]
+    assert sorted(_bars(lime_ax)) == [-0.3, 0.05, 0.2]
+    shap_ordered = sorted(shap_ax.get_yticklabels(), key=lambda t: -t.get_position()[1])
+    assert [t.get_text() for t in shap_ordered] == ["a", "b", "d"]
 
 
 def test_interaction_heatmap_shows_the_strongest_interactions_off_the_diagonal():

@@ -102,7 +102,7 @@ def test_default_preset_run_holds_what_a_user_looks_for(store, client):
     # LIME for the same rows, compared with SHAP, all reachable from one index page
     ids = {row_id for rows in local.values() for row_id in rows}
     assert _names(client, result["run_id"], "explanations/lime") == {
-        f"row_{row_id}.{ext}" for row_id in ids for ext in ("html", "png", "json")
+        f"row_{row_id}.{ext}" for row_id in ids for ext in ("html", "json")
     }
     assert _names(client, result["run_id"], "explanations/shap_vs_lime") == {
         f"row_{row_id}.png" for row_id in ids
