@@ -23,7 +23,7 @@ from flows.config import (
     parse_assignment,
     preset_path,
 )
-from tasks import platform
+from tasks import platform, platform_processes
 from tasks.config import ConfigError
 from tasks.datasets import check_source
 from tasks.platform import Ports
@@ -212,10 +212,10 @@ def _use_platform() -> None:
 def _platform(args: argparse.Namespace) -> int:
     home = platform.home_dir()
     if args.command == "down":
-        platform.down(home)
+        platform_processes.down(home)
         return 0
     if args.command == "status":
-        print("\n".join(platform.status_lines(home)))
+        print("\n".join(platform_processes.status_lines(home)))
         return 0
     try:
         overrides = dict(parse_assignment(text) for text in args.overrides)
@@ -247,7 +247,7 @@ def _platform(args: argparse.Namespace) -> int:
     )
     print(f"glassbox platform in {home} (logs: {home / 'logs'})")
     try:
-        state = platform.up(settings, deploy=not args.no_deploy)
+        state = platform_processes.up(settings, deploy=not args.no_deploy)
     except platform.PlatformError as exc:
         print(f"glassbox: {exc}", file=sys.stderr)
         print("glassbox: the parts that started are still up; `glassbox down` stops them")

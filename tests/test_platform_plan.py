@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from flows.config import load_config
-from tasks import platform
+from tasks import platform, platform_processes
 from tasks.platform import Ports, Settings, State
 
 
@@ -128,7 +128,7 @@ def test_running_reports_only_live_processes_that_up_started(tmp_path):
         (home / platform.STATE_FILE).write_text(json.dumps(state.__dict__))
         found = platform.running(home)
         assert found is not None and list(found.processes) == ["mlflow"]
-        platform.stop(list(state.processes.values()), timeout=10)
+        platform_processes.stop(list(state.processes.values()), timeout=10)
         assert child.wait(5) is not None
         assert platform.running(home) is None
     finally:
