@@ -129,9 +129,9 @@ def test_a_bad_data_source_is_one_line_before_prefect_starts(tmp_path):
 
 
 def test_the_summary_names_the_registered_model_uri_to_load():
-    from flows.commands import _summary
+    from flows.summaries import train_summary
 
-    text = _summary(
+    text = train_summary(
         {
             "run_id": "abc",
             "experiment_id": "4",

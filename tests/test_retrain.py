@@ -148,9 +148,9 @@ def test_promote_goes_through_the_gate_force_says_so_and_rollback_restores(story
     last = tracking.history(NAME)[-1]
     assert last["decision"] == "rollback" and last["version"] == "3"
     # the CLI's listing shows aliases, metrics and the history
-    from flows.commands import _versions_text
+    from flows.summaries import versions_text
 
-    text = _versions_text(NAME, tracking.model_versions(NAME), tracking.history(NAME))
+    text = versions_text(NAME, tracking.model_versions(NAME), tracking.history(NAME))
     assert "@champion" in text and "promoted (forced)" in text and "rollback" in text
 
 
