@@ -306,19 +306,29 @@ def _bars(ax) -> list[float]:
     return [p.get_width() for p in ax.patches]
 
 
-def test_shap_vs_lime_puts_each_method_s_top_features_side_by_side():
-    features = ["a", "b", "c", "d"]
+def _shap_vs_lime(lime_weights: list[float], top_k: int, **lime) -> tuple:
+    """Row 7's comparison figure over features a-d; its SHAP and LIME axes."""
     fig = figs.shap_vs_lime(
-        features,
+        ["a", "b", "c", "d"],
         np.array([2.0, -1.0, 0.1, 0.5]),
-        np.array([0.0, -0.2, 0.3, 0.01]),
-        top_k=2,
+        np.array(lime_weights),
+        top_k=top_k,
         title="Row 7: SHAP vs LIME",
         shap_unit="SHAP (log-odds)",
         lime_unit="LIME (P(1))",
+        **lime,
     )
-    shap_ax, lime_ax = fig.get_axes()
     assert fig._suptitle.get_text() == "Row 7: SHAP vs LIME"
+    return tuple(fig.get_axes())
+
+
+def _top_down(ax) -> list:
+    """The y tick labels from the top bar down."""
+    return sorted(ax.get_yticklabels(), key=lambda t: -t.get_position()[1])
+
+
+def test_shap_vs_lime_puts_each_method_s_top_features_side_by_side():
+    shap_ax, lime_ax = _shap_vs_lime([0.0, -0.2, 0.3, 0.01], top_k=2)
     assert [shap_ax.get_title(), lime_ax.get_title()] == ["SHAP: top 2", "LIME: top 2"]
     assert [shap_ax.get_xlabel(), lime_ax.get_xlabel()] == ["SHAP (log-odds)", "LIME (P(1))"]
     shap_labels = {t.get_text(): t.get_fontweight() for t in shap_ax.get_yticklabels()}
@@ -329,28 +339,17 @@ def test_shap_vs_lime_puts_each_method_s_top_features_side_by_side():
 
 
 def test_shap_vs_lime_labels_lime_s_bars_with_its_conditions_and_fit():
-    features = ["a", "b", "c", "d"]
     conditions = ["a <= 1.00", "b > 2.00", "c=red", "0.10 < d <= 0.50"]
-    fig = figs.shap_vs_lime(
-        features,
-        np.array([2.0, -1.0, 0.1, 0.5]),
-        np.array([0.01, -0.3, 0.2, 0.05]),
-        top_k=3,
-        title="Row 7: SHAP vs LIME",
-        shap_unit="SHAP (log-odds)",
-        lime_unit="LIME (P(1))",
-        lime_conditions=conditions,
-        lime_fit=0.714,
+    shap_ax, lime_ax = _shap_vs_lime(
+        [0.01, -0.3, 0.2, 0.05], top_k=3, lime_conditions=conditions, lime_fit=0.714
     )
-    shap_ax, lime_ax = fig.get_axes()
     assert lime_ax.get_title() == "LIME: top 3, local fit R² 0.71"
-    ordered = sorted(lime_ax.get_yticklabels(), key=lambda t: -t.get_position()[1])
     # largest |weight| on top, each named by LIME's condition; bold: in SHAP's top 3 too
+    ordered = _top_down(lime_ax)
     assert [t.get_text() for t in ordered] == ["b > 2.00", "c=red", "0.10 < d <= 0.50"]
     assert [t.get_fontweight() for t in ordered] == ["bold", "normal", "bold"]
     assert sorted(_bars(lime_ax)) == [-0.3, 0.05, 0.2]
-    shap_ordered = sorted(shap_ax.get_yticklabels(), key=lambda t: -t.get_position()[1])
-    assert [t.get_text() for t in shap_ordered] == ["a", "b", "d"]
+    assert [t.get_text() for t in _top_down(shap_ax)] == ["a", "b", "d"]
 
 
 def test_interaction_heatmap_shows_the_strongest_interactions_off_the_diagonal():
