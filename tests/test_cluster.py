@@ -157,9 +157,9 @@ def _draw_figures(n: int) -> tuple[int, int]:
 
 
 def test_workers_free_drawn_figures_without_walking_all_they_hold():
-    """A figure is thousands of objects in reference cycles: a worker frees them in young
-    collections, not in full ones that walk every imported module's objects (0.3-0.45 s each
-    in a worker that has imported shap and XGBoost)."""
+    """A figure is thousands of objects in reference cycles: a worker that draws them needs no
+    full collection, which walks every imported module's objects (0.3-0.45 s each in a worker
+    that has imported shap and XGBoost)."""
     cfg = ClusterConfig(kind="local", n_workers=1, threads_per_worker=1)
     with dask_cluster(cfg) as handle:
         full, frozen = handle.client.submit(_draw_figures, 16, pure=False).result()
