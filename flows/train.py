@@ -19,7 +19,7 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import Field
 
 from flows.config import Preset, experiment_name, load_config, model_name, preset_values
-from tasks import platform, tracking
+from tasks import flow_exit, platform, tracking
 from tasks.cluster import background_cluster, check_shared_folder
 from tasks.config import ConfigError, PipelineConfig
 from tasks.data import EXAMPLE_FILE, Loaded, load_data, preload, record_data, write_splits
@@ -50,6 +50,9 @@ def hide_tracebacks_of_user_errors() -> None:
 # A bad input reads as one line in the run's log and state message, from the CLI and from a
 # deployment run alike.
 hide_tracebacks_of_user_errors()
+# Every flow run (train, and retrain and sweep, which import this module) ends when its work is
+# done, not on its heartbeat thread's next whole second (`tasks.flow_exit`).
+flow_exit.install()
 
 
 def _end_mlflow_run(flow: Any, flow_run: Any, state: Any) -> None:
