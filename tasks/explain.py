@@ -62,25 +62,28 @@ def explain_model(
     platt = trained.get("calibration")
     test = pd.read_parquet(splits["test"]).astype(info.feature_dtypes())
     start = time.perf_counter()
-    rows, figures = _global_shap(
-        cluster, booster, platt, test, info, splits, cfg, workspace, run_id
-    )
-    middle = time.perf_counter()
-    local = _local(cluster, booster, platt, test, info, splits, cfg, threshold, run_id)
+    values = _shap_values(cluster, booster, platt, test, info, splits, cfg, workspace, run_id)
+    # The chosen rows' figures and LIME go to the workers first; the global figures are drawn
+    # here while the workers draw the rows.
+    local = _start_local(cluster, booster, platt, test, info, splits, cfg, threshold)
+    figures = _global_figures(values, info, cfg, run_id)
+    drawn = time.perf_counter()
+    done = _finish_local(cluster, local, info, cfg, threshold, run_id)
     get_run_logger().info(
-        "SHAP for %d test rows with %d figures: %.1f s; local SHAP%s for %d rows: %.1f s (%s)",
-        rows,
+        "SHAP for %d test rows with %d figures: %.1f s; local SHAP%s for %d rows, on the "
+        "workers meanwhile: done %.1f s later (%s)",
+        len(values["sample"]),
         len(figures),
-        middle - start,
+        drawn - start,
         " + LIME" if cfg.lime else "",
-        len({r for ids in local["chosen"].values() for r in ids}),
-        time.perf_counter() - middle,
+        len(local["entries"]),
+        time.perf_counter() - drawn,
         ", ".join(f"{rule}: {len(ids)}" for rule, ids in local["chosen"].items()),
     )
-    return {"rows": rows, "figures": figures, **local}
+    return {"rows": len(values["sample"]), "figures": figures, **done}
 
 
-def _global_shap(
+def _shap_values(
     cluster: ClusterHandle,
     booster: Any,
     platt: Platt | None,
@@ -90,8 +93,10 @@ def _global_shap(
     cfg: ExplainConfig,
     workspace: str,
     run_id: str,
-) -> tuple[int, list[str]]:
-    """Values (Parquet) for the sample or all rows; figures from at most `plot_rows` of them."""
+) -> dict[str, Any]:
+    """SHAP values on the cluster for the sample or all rows (logged as Parquet), and the
+    interaction heatmap's mean |interaction| when it is asked for: everything the global
+    figures need from the workers, computed before the workers get the rows' figures."""
     y = test[info.target].to_numpy()
     idx = explain_sample(y, info.task, cfg.shap_rows, cfg.seed)
     sample = test.iloc[idx]
@@ -106,12 +111,26 @@ def _global_shap(
     path = Path(workspace) / "shap_values.parquet"
     shap_frame(contribs, sample.index.to_numpy(), info.features, info.classes).to_parquet(path)
     tracking.log_file(run_id, path, "explanations/shap")
+    interactions = None
+    if cfg.interaction_rows:
+        few = sample.iloc[explain_sample(y[idx], info.task, cfg.interaction_rows, cfg.seed)]
+        interactions = shap_interactions(
+            cluster.client, booster, to_dask(few[info.features], _slots(cluster))
+        ) * (platt.slope if platt is not None else 1.0)
+    return {"sample": sample, "y": y[idx], "contribs": contribs, "interactions": interactions}
+
+
+def _global_figures(
+    values: dict[str, Any], info: DatasetInfo, cfg: ExplainConfig, run_id: str
+) -> list[str]:
+    """The global SHAP figures (from at most `plot_rows` of the sample) and the interaction
+    heatmap, drawn in this process and logged under explanations/shap/."""
     expl = explanations(
-        contribs,
-        sample[info.features],
+        values["contribs"],
+        values["sample"][info.features],
         info.classes,
         max_rows=cfg.plot_rows,
-        y=y[idx],
+        y=values["y"],
         task=info.task,
         seed=cfg.seed,
     )
@@ -121,21 +140,16 @@ def _global_shap(
     ):
         logged.append(f"explanations/shap/{name}.png")
         tracking.log_figure(run_id, fig, logged[-1])
-    if cfg.interaction_rows:
+    if values["interactions"] is not None:
         from tasks.figures import interaction_heatmap
 
-        few = sample.iloc[explain_sample(y[idx], info.task, cfg.interaction_rows, cfg.seed)]
-        mean_abs = shap_interactions(
-            cluster.client, booster, to_dask(few[info.features], _slots(cluster))
-        ) * (platt.slope if platt is not None else 1.0)
         logged.append("explanations/shap/interactions.png")
-        tracking.log_figure(
-            run_id, interaction_heatmap(mean_abs, info.features, top=cfg.max_display), logged[-1]
-        )
-    return len(idx), logged
+        heatmap = interaction_heatmap(values["interactions"], info.features, top=cfg.max_display)
+        tracking.log_figure(run_id, heatmap, logged[-1])
+    return logged
 
 
-def _local(
+def _start_local(
     cluster: ClusterHandle,
     booster: Any,
     platt: Platt | None,
@@ -144,11 +158,9 @@ def _local(
     splits: dict[str, str],
     cfg: ExplainConfig,
     threshold: float,
-    run_id: str,
 ) -> dict[str, Any]:
-    """Local SHAP (waterfall, force page) and LIME (page, weights) for the chosen rows,
-    their agreement (table, mean metrics, a figure per row), and explanations/index.html; the
-    files are logged in one batch."""
+    """The rows the rules pick, their index entries, and their local SHAP (waterfall, force
+    page) and LIME submitted to the workers: futures that `_finish_local` collects."""
     import xgboost as xgb
 
     if platt is None:
@@ -205,6 +217,20 @@ def _local(
         if cfg.lime and ids
         else []
     )
+    return {"chosen": chosen, "entries": entries, "shap_files": shap_files, "lime": pending}
+
+
+def _finish_local(
+    cluster: ClusterHandle,
+    local: dict[str, Any],
+    info: DatasetInfo,
+    cfg: ExplainConfig,
+    threshold: float,
+    run_id: str,
+) -> dict[str, Any]:
+    """The rows' files (`_start_local`'s futures) logged in one batch with
+    explanations/index.html, and LIME's agreement with SHAP (table, mean metrics)."""
+    chosen, entries = local["chosen"], local["entries"]
     with tracking.artifact_batch(run_id, "explanations") as out:
         decision = threshold if info.task == "binary" else None
         out.text(
@@ -212,14 +238,14 @@ def _local(
             json.dumps({"threshold": decision, "rows": chosen}, indent=2, default=str),
         )
         for entry, (waterfall, force) in zip(
-            entries, cluster.client.gather(shap_files), strict=True
+            entries, cluster.client.gather(local["shap_files"]), strict=True
         ):
             name = unique_slug(str(entry["row_id"]))
             entry["files"] = [f"shap/row_{name}_waterfall.png", f"shap/row_{name}_force.html"]
             entry["waterfall"] = waterfall
             out.write_bytes(entry["files"][0], waterfall)
             out.text(entry["files"][1], force)
-        for entry, result in zip(entries, cluster.client.gather(pending), strict=False):
+        for entry, result in zip(entries, cluster.client.gather(local["lime"]), strict=False):
             _lime_files(out, entry, result, info, cfg)
         title = f"Local explanations: {info.name}"
         if info.task == "binary":
