@@ -17,7 +17,7 @@ from tasks.calibration import Platt
 from tasks.cluster import ClusterHandle
 from tasks.config import EvaluateConfig, TaskType
 from tasks.data import DatasetInfo, dask_split
-from tasks.evaluation_figures import render, wanted
+from tasks.evaluation_figures import WITHOUT_PREDICTIONS, render, wanted
 from tasks.metrics import (
     HEADLINE,
     best_f1_threshold,
@@ -112,6 +112,25 @@ def evaluate_model(
     artifact paths."""
     binary = info.task == "binary"
     platt = trained.get("calibration")
+    client = cluster.client
+    task_and_classes = SimpleNamespace(task=info.task, classes=list(info.classes))
+    context = _figure_context(trained["model"], info, splits, cfg)
+    row_ids = context.pop("row_ids")
+    # Drawn on the workers (their own processes) while this one computes and logs the metrics
+    # and the tables; logged in one batch, in the usual order. The figures that need no
+    # predictions are drawn while the test set is predicted.
+    shared = client.scatter(
+        {"history": trained["history"], "best_iteration": trained["best_iteration"], **context},
+        hash=False,
+    )
+
+    def draw(name: str, y: Any = None, score: Any = None, predicted: Any = None) -> Any:
+        return client.submit(
+            render, name, task_and_classes, cfg, y, score, shared, predicted, pure=False
+        )
+
+    names = wanted(cfg)
+    drawing = {n: draw(n) for n in names if n in WITHOUT_PREDICTIONS}
     paths = [splits["test"], *[splits["valid"]] * binary]
     preds = predict(cluster, trained["model"], info, paths, "margin" if platt else "value")
     uncalibrated = None
@@ -119,40 +138,20 @@ def evaluate_model(
         preds, own = calibrated(preds, platt)
         uncalibrated = own[0]
     tuned = best_f1_threshold(*preds[1]) if binary else None
-    context = _figure_context(trained["model"], info, splits, cfg)
-    row_ids = context.pop("row_ids")
-    logged: list[str] = []
-    # Drawn on the workers (their own processes) while this one computes and logs the metrics
-    # and the tables; logged in one batch, in the usual order.
-    client = cluster.client
-    shared = client.scatter(
+    predicted = client.scatter(
         {
             "y": preds[0][0],
             "score": preds[0][1],
-            "context": {
-                "history": trained["history"],
-                "best_iteration": trained["best_iteration"],
-                "tuned_threshold": tuned,
-                "uncalibrated": uncalibrated,
-                **context,
-            },
+            "predicted": {"tuned_threshold": tuned, "uncalibrated": uncalibrated},
         },
         hash=False,
     )
-    task_and_classes = SimpleNamespace(task=info.task, classes=list(info.classes))
-    drawing = [
-        client.submit(
-            render,
-            name,
-            task_and_classes,
-            cfg,
-            shared["y"],
-            shared["score"],
-            shared["context"],
-            pure=False,
-        )
-        for name in wanted(cfg)
-    ]
+    drawing |= {
+        n: draw(n, predicted["y"], predicted["score"], predicted["predicted"])
+        for n in names
+        if n not in WITHOUT_PREDICTIONS
+    }
+    logged: list[str] = []
     scores = evaluation_metrics(
         info.task, *preds[0], threshold=cfg.threshold, tuned_threshold=tuned
     )
@@ -163,7 +162,7 @@ def evaluate_model(
     for name, table in _tables(info, cfg, preds[0], row_ids):
         tracking.log_table(run_id, table, f"tables/{name}.json")
     with tracking.artifact_batch(run_id, "figures") as out:
-        for name, png in zip(wanted(cfg), client.gather(drawing), strict=True):
+        for name, png in zip(names, client.gather([drawing[n] for n in names]), strict=True):
             if png is not None:
                 logged.append(f"figures/{name}.png")
                 out.write_bytes(f"{name}.png", png)

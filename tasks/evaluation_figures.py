@@ -27,15 +27,17 @@ def _makers(
     importances: dict[str, dict[str, float]],
     features: pd.DataFrame,
     targets: dict[str, np.ndarray],
-    tuned_threshold: float | None,
+    tuned_threshold: float | None = None,
     uncalibrated: np.ndarray | None = None,
 ) -> dict[str, tuple[bool, Callable[[], Figure]]]:
     """Each figure's name -> (whether it fits the task and data, how to draw it).
     `uncalibrated`: the booster's own probabilities of a calibrated binary model, drawn beside
     the calibrated ones."""
     classify, classes = info.task != "regression", info.classes
-    if classify:
-        y_pred = (score >= cfg.threshold).astype(int) if score.ndim == 1 else score.argmax(1)
+
+    def y_pred() -> np.ndarray:
+        return (score >= cfg.threshold).astype(int) if score.ndim == 1 else score.argmax(1)
+
     variances = {k: float(np.var(v)) for k, v in targets.items()}
     points = {"max_points": cfg.max_points, "seed": cfg.seed}
     order = list(pd.Series(importances.get("gain", {})).sort_values(ascending=False).index)
@@ -48,7 +50,7 @@ def _makers(
         "confusion_matrix": (
             classify,
             lambda: figs.confusion_matrix(
-                y_true, y_pred, classes, cfg.threshold if score.ndim == 1 else None
+                y_true, y_pred(), classes, cfg.threshold if score.ndim == 1 else None
             ),
         ),
         "roc": (classify, lambda: figs.roc(y_true, score, classes)),
@@ -77,6 +79,13 @@ def _makers(
     return makers
 
 
+# Drawn from the training history, the model and the data alone: they need no test-set
+# predictions, so the workers draw them while the predictions are being made.
+WITHOUT_PREDICTIONS = frozenset(
+    {"loss_curves", "metric_curve", "importance", "correlation", "class_balance"}
+)
+
+
 def wanted(cfg: EvaluateConfig) -> tuple[str, ...]:
     return FIGURES if cfg.figures == "all" else tuple(cfg.figures)
 
@@ -95,12 +104,19 @@ def iter_figures(
 
 
 def render(
-    name: str, info: Any, cfg: EvaluateConfig, y_true: np.ndarray, score: np.ndarray, context: dict
+    name: str,
+    info: Any,
+    cfg: EvaluateConfig,
+    y_true: Any,
+    score: Any,
+    context: dict,
+    predicted: dict | None = None,
 ) -> bytes | None:
     """One figure as PNG bytes, or None when it does not fit: run on a Dask worker, so that the
     flow's process is free while they are drawn. One figure at a time per process: seaborn's
     styles are global matplotlib settings, which figures drawn side by side in threads would
-    share."""
+    share. A figure in `WITHOUT_PREDICTIONS` takes no `y_true`, `score` or `predicted` (the
+    context that comes from the predictions: `tuned_threshold`, `uncalibrated`)."""
     with figs.DRAWING:
-        fits, make = _makers(info, cfg, y_true, score, **context)[name]
+        fits, make = _makers(info, cfg, y_true, score, **context, **(predicted or {}))[name]
         return figs.png(make()) if fits else None

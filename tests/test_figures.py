@@ -10,7 +10,7 @@ from tasks import figures as figs
 from tasks.config import EvaluateConfig
 from tasks.data import DatasetInfo
 from tasks.evaluate import predictions_table
-from tasks.evaluation_figures import iter_figures
+from tasks.evaluation_figures import WITHOUT_PREDICTIONS, iter_figures, render
 
 
 def _texts(ax) -> list[str]:
@@ -260,6 +260,20 @@ def test_each_task_gets_the_figures_that_fit_it(task, classes, expected):
     only = EvaluateConfig(figures=("loss_curves", "qq"))
     chosen = dict(iter_figures(_info(task, classes), only, y, score, **kwargs))
     assert set(chosen) == {"loss_curves", "qq"} & expected
+
+
+@pytest.mark.parametrize(
+    ("task", "classes"),
+    [("binary", ["n", "p"]), ("multiclass", ["a", "b", "c"]), ("regression", [])],
+)
+def test_figures_drawn_before_the_predictions_are_those_drawn_with_them(task, classes):
+    """The evaluation draws `WITHOUT_PREDICTIONS` while the test set is predicted."""
+    y, score, kwargs = _evaluation_inputs(task)
+    predicted = {"tuned_threshold": kwargs.pop("tuned_threshold")}
+    info, cfg = _info(task, classes), EvaluateConfig()
+    for name in WITHOUT_PREDICTIONS:
+        early = render(name, info, cfg, None, None, kwargs)
+        assert early is not None and early == render(name, info, cfg, y, score, kwargs, predicted)
 
 
 def test_predictions_table_keeps_row_ids_and_class_names():
