@@ -72,7 +72,7 @@ def worker_env(threads: int, openmp: int | None = None) -> dict[str, str]:
     }
 
 
-def _local_config(threads: int, openmp: int | None = None) -> dict[str, object]:
+def _local_config(threads: int, openmp: int | None = None) -> dict[str, Any]:
     """Dask settings for the workers of a local cluster."""
     spawn = {
         f"distributed.nanny.pre-spawn-environ.{k}": v
@@ -200,7 +200,7 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if cfg.kind == "address":
         with Client(cfg.address, timeout="30s") as client:
-            note = _refresh_platform_workers(client, cfg.address)
+            note = _refresh_platform_workers(client, cfg.address or "")
             has_gpu = any(
                 w.get("resources", {}).get("GPU")
                 for w in client.scheduler_info()["workers"].values()
