@@ -111,6 +111,23 @@ def test_up_starts_every_part_healthy_and_twice_is_harmless(up):
                 assert conn.laddr.ip == "127.0.0.1", (proc.cmdline(), conn)
 
 
+def test_the_standing_cluster_has_imported_what_a_run_needs_before_the_first_run(up):
+    """The first run after `up` does not wait for the workers to import shap, seaborn and
+    pyplot, nor for the scheduler to import the modules of the tasks it is sent."""
+    from distributed import Client
+
+    from tasks.platform import RUN_MODULES
+
+    drawing = ("shap", "seaborn", "matplotlib.pyplot")
+    with Client(f"tcp://127.0.0.1:{up['ports']['dask']}", timeout="30s") as client:
+        workers = client.run(lambda: [m for m in (*RUN_MODULES, *drawing) if m in sys.modules])
+        scheduler = client.run_on_scheduler(
+            lambda dask_scheduler: [m for m in RUN_MODULES if m in sys.modules]
+        )
+    assert workers and all(found == [*RUN_MODULES, *drawing] for found in workers.values())
+    assert scheduler == list(RUN_MODULES)
+
+
 def test_a_cli_run_uses_the_platform_and_links_both_ways(up):
     out = _glassbox(
         up["env"],
