@@ -5,6 +5,7 @@ import pytest
 from sklearn import metrics as skm
 
 from tasks.metrics import (
+    HEADLINE,
     best_f1_threshold,
     binary_metrics,
     evaluation_metrics,
@@ -161,3 +162,28 @@ def test_binary_per_class_table_is_decided_at_the_runs_threshold():
         < per_class_metrics(y, proba, ["neg", "pos"]).set_index("class").loc["pos", "recall"]
     )
     assert (table["threshold"] == 0.9).all()
+
+
+def test_every_metric_name_list_names_metrics_a_run_logs():
+    """The metric names kept in lists elsewhere (what a sweep optimises, the config's choices,
+    the promotion table and guardrails, the headline) are names the evaluation logs: a typo in
+    one of them would leave a sweep or a gate with a metric no run has."""
+    from typing import get_args
+
+    from tasks.config import Metric
+    from tasks.promotion import COMPARED, DEFAULT_GUARDRAILS
+    from tasks.space import METRICS
+
+    rng = np.random.default_rng(0)
+    y3 = rng.integers(0, 3, 300)
+    p3 = rng.dirichlet(np.ones(3), 300)
+    logged = {
+        "binary": evaluation_metrics("binary", *_binary_case(), tuned_threshold=0.4),
+        "multiclass": evaluation_metrics("multiclass", y3, p3),
+        "regression": evaluation_metrics("regression", rng.normal(size=300), rng.normal(size=300)),
+    }
+    for task, names in logged.items():
+        for listed in (METRICS[task], COMPARED[task], DEFAULT_GUARDRAILS[task]):
+            assert {f"test_{n}" for n in listed} <= set(names), (task, listed)
+        assert set(HEADLINE[task]) <= set(names), task  # these carry their prefix
+    assert set(get_args(Metric)) == {"auto"}.union(*METRICS.values())
