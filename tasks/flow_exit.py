@@ -9,6 +9,12 @@ and never between, 0.5 s of waiting a run on average. The async engine passes
 heartbeats start and repeat as before, and the thread, told to stop, ends on its own within a
 second, never sending another heartbeat (it checks the stop event before each one).
 
+That second had also given Prefect's events worker time to send the run's last events (its task
+runs' states, the heartbeat). Without it they were still queued at exit, where Prefect drains them
+with a warning ("EventsWorker - Still processing items") printed after the command's last line.
+So the run waits for those events instead (`flush_events`, at most `FLUSH_SECONDS`): milliseconds
+with a local server.
+
 The flow modules call `install` when they are imported, so it holds however a flow runs: the
 command line, the warm runner, `python -m prefect.engine`, Prefect's test harness. Where the
 installed Prefect's function lacks `join_on_exit`, nothing is changed.
@@ -18,16 +24,39 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
+
+FLUSH_SECONDS = 2.0  # Prefect's own join waited up to 2 s for the heartbeat thread
+
+
+def flush_events(timeout: float = FLUSH_SECONDS) -> bool:
+    """Wait until Prefect's events worker has sent what is queued, `timeout` at most (a server
+    that does not answer does not hold the run up longer). Returns whether it is empty."""
+    from prefect.events.worker import EventsWorker, should_emit_events_to_running_server
+
+    if not should_emit_events_to_running_server():
+        return True  # no API: no events worker to wait for (none is started for it)
+    waiting = threading.Thread(target=EventsWorker.instance().wait_until_empty, daemon=True)
+    waiting.start()
+    waiting.join(timeout)
+    return not waiting.is_alive()
 
 
 def unjoined(send_heartbeats: Callable[..., Any]) -> Callable[..., Any]:
-    """`send_heartbeats` (Prefect's context manager) that never joins its thread on exit."""
+    """`send_heartbeats` (Prefect's context manager) that never joins its thread on exit, and
+    waits for the queued events instead (`flush_events`)."""
 
     @functools.wraps(send_heartbeats)
-    def wrapped(engine: Any, join_on_exit: bool = True) -> Any:
-        return send_heartbeats(engine, join_on_exit=False)
+    @contextmanager
+    def wrapped(engine: Any, join_on_exit: bool = True) -> Iterator[None]:
+        try:
+            with send_heartbeats(engine, join_on_exit=False):
+                yield
+        finally:
+            flush_events()
 
     wrapped.glassbox_unjoined = True  # type: ignore[attr-defined]
     return wrapped
