@@ -12,8 +12,8 @@ second, never sending another heartbeat (it checks the stop event before each on
 That second had also given Prefect's events worker time to send the run's last events (its task
 runs' states, the heartbeat). Without it they were still queued at exit, where Prefect drains them
 with a warning ("EventsWorker - Still processing items") printed after the command's last line.
-So the run waits for those events instead (`flush_events`, at most `FLUSH_SECONDS`): milliseconds
-with a local server.
+So the run waits for those events instead (`flush_events`, at most `FLUSH_SECONDS`); with the
+platform's local server a run still ends well inside the second it used to wait.
 
 The flow modules call `install` when they are imported, so it holds however a flow runs: the
 command line, the warm runner, `python -m prefect.engine`, Prefect's test harness. Where the
@@ -32,17 +32,16 @@ from typing import Any
 FLUSH_SECONDS = 2.0  # Prefect's own join waited up to 2 s for the heartbeat thread
 
 
-def flush_events(timeout: float = FLUSH_SECONDS) -> bool:
+def flush_events(timeout: float = FLUSH_SECONDS) -> None:
     """Wait until Prefect's events worker has sent what is queued, `timeout` at most (a server
-    that does not answer does not hold the run up longer). Returns whether it is empty."""
+    that does not answer does not hold the run up longer; what is left is sent at exit)."""
     from prefect.events.worker import EventsWorker, should_emit_events_to_running_server
 
     if not should_emit_events_to_running_server():
-        return True  # no API: no events worker to wait for (none is started for it)
+        return  # no API: no events worker to wait for (none is started for it)
     waiting = threading.Thread(target=EventsWorker.instance().wait_until_empty, daemon=True)
     waiting.start()
     waiting.join(timeout)
-    return not waiting.is_alive()
 
 
 def unjoined(send_heartbeats: Callable[..., Any]) -> Callable[..., Any]:
