@@ -85,7 +85,13 @@ def _local_config(threads: int, openmp: int | None = None) -> dict[str, Any]:
         "distributed.worker.profile.enabled": False,
         # Imported while the worker starts (which overlaps data loading), not by the first task;
         # `tasks.gc_tuning` sets the collector for drawing figures once they are all imported.
-        "distributed.worker.preload": ["xgboost.dask", "dask.dataframe", "tasks.gc_tuning"],
+        "distributed.worker.preload": [
+            "xgboost.dask",
+            "dask.dataframe",
+            "tasks.gc_tuning",
+            # OpenMP only in the threads that run tasks: XGBoost trains at full speed.
+            "tasks.worker_openmp",
+        ],
         "logging.distributed": "warning",
     }
 
