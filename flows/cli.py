@@ -14,6 +14,11 @@ from tasks import platform, runner
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    # Glassbox draws into files only: no GUI backend in this process, nor in the Dask workers
+    # and platform processes it starts (they inherit it). On a desktop, pyplot (shap's plots,
+    # drawn in worker threads) would otherwise pick macOS's or Tk's, which fail off the main
+    # thread.
+    os.environ["MPLBACKEND"] = "Agg"
     if args and args[0] in runner.DELEGATED and not {"-h", "--help"} & set(args):
         code = _in_runner(args)
         if code is not None:

@@ -59,6 +59,10 @@ def worker_env(threads: int, openmp: int | None = None) -> dict[str, str]:
     pair with fresh page faults. LIME (5,000 x F arrays per row) ran 37% slower for it; buffers
     up to 32 MiB (glibc's maximum) now come from the heap again.
 
+    `MPLBACKEND`: workers draw into files only. shap's plots go through pyplot, which on a
+    desktop would pick a GUI backend (macOS's, Tk) and open windows from worker threads, where
+    GUI toolkits fail or abort.
+
     `openmp`: OpenMP's threads when they are more than the worker's (all the machine's cores
     for the worker that trains, `one_trainer`): a worker started with fewer cannot use more.
     XGBoost's predictions on the workers are sized to the worker's threads by `xgboost.dask`.
@@ -69,6 +73,7 @@ def worker_env(threads: int, openmp: int | None = None) -> dict[str, str]:
         "MKL_NUM_THREADS": n,
         "OPENBLAS_NUM_THREADS": n,
         "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
+        "MPLBACKEND": "Agg",
     }
 
 
@@ -239,6 +244,9 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
             threads_per_worker=threads,
             host="127.0.0.1",
             memory_limit=memory,
+            # This process's environment outranks `pre-spawn-environ`; `env` outranks both: no
+            # GUI backend in a worker, whatever the user's shell sets (`worker_env`).
+            env={"MPLBACKEND": "Agg"},
             **http,
         )
     # It becomes the default client: xgboost.dask looks one up even when given a client.

@@ -219,3 +219,23 @@ def test_a_model_sent_to_the_workers_starts_no_openmp_threads_outside_their_task
             np.testing.assert_allclose(predicted, booster.inplace_predict(x), rtol=1e-6)
         after = client.run(_native_threads)
     assert after == before
+
+
+def _backend() -> tuple[str | None, str]:
+    import os
+
+    import matplotlib
+
+    return os.environ.get("MPLBACKEND"), matplotlib.get_backend()
+
+
+def test_workers_draw_into_files_whatever_backend_the_desktop_asks_for(monkeypatch):
+    """shap's plots go through pyplot in the workers' threads: with a GUI backend (a desktop's
+    MPLBACKEND, or pyplot's own pick when a display is there) they would open windows off the
+    main thread, where macOS's and Tk's toolkits fail. Headless, matplotlib falls back to Agg
+    by itself; what the workers are told must not depend on that."""
+    monkeypatch.setenv("MPLBACKEND", "TkAgg")
+    cfg = ClusterConfig(kind="local", n_workers=1, threads_per_worker=1)
+    with dask_cluster(cfg) as handle:
+        ((asked, used),) = handle.client.run(_backend).values()
+    assert (asked, used.lower()) == ("Agg", "agg")
