@@ -111,7 +111,8 @@ def main() -> None:
             "class_balance": lambda: figs.class_balance(targets, classes),
         }
         for name, draw in drawn.items():
-            draw().savefig(args.out / f"{name}.png", dpi=110, bbox_inches="tight")
+            # Saved as the flow saves them (`figures.png`: a laid-out figure is not cropped).
+            (args.out / f"{name}.png").write_bytes(figs.png(draw()))
     with stage("save_model"):
         booster.save_model(args.out / "model.ubj")
         (args.out / "metrics.json").write_text(json.dumps(scores))
