@@ -141,7 +141,7 @@ def _global_figures(
         logged.append(f"explanations/shap/{name}.png")
         tracking.log_figure(run_id, fig, logged[-1])
     if values["interactions"] is not None:
-        from tasks.figures import interaction_heatmap
+        from tasks.explanation_figures import interaction_heatmap
 
         logged.append("explanations/shap/interactions.png")
         heatmap = interaction_heatmap(values["interactions"], info.features, top=cfg.max_display)

@@ -321,6 +321,7 @@ def row_figures(
     title (`comparison`, a template of the agreement's keys) and the two methods' units. A row
     whose LIME local fit R² is under `min_score` is marked untrusted, in its title too."""
     from tasks import figures as figs
+    from tasks.explanation_figures import shap_vs_lime
 
     result = chunk[k]
     weights = np.asarray(result["weights"])
@@ -328,7 +329,7 @@ def row_figures(
     trusted = bool(result["score"] >= min_score)
     warning = "" if trusted else f"\nLIME's local fit R² is under {min_score:g}: not to be trusted"
     with figs.DRAWING:
-        comparison = figs.shap_vs_lime(
+        comparison = shap_vs_lime(
             features,
             shap_row,
             weights,

@@ -145,7 +145,7 @@ RUN_MODULES = (
 # The standing workers also import the libraries those modules import only when they first
 # draw (without them, the first run after `up` imported shap, seaborn and pyplot in every
 # worker).
-WORKER_WARM = (*RUN_MODULES, "shap", "seaborn", "matplotlib.pyplot")
+WORKER_WARM = (*RUN_MODULES, "tasks.explanation_figures", "shap", "seaborn", "matplotlib.pyplot")
 
 
 def worker_layout(settings: Settings) -> tuple[int, int]:

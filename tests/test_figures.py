@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tasks import explanation_figures as xfigs
 from tasks import figures as figs
 from tasks.config import EvaluateConfig
 from tasks.data import DatasetInfo
@@ -322,7 +323,7 @@ def _bars(ax) -> list[float]:
 
 def _shap_vs_lime(lime_weights: list[float], top_k: int, **lime) -> tuple:
     """Row 7's comparison figure over features a-d; its SHAP and LIME axes."""
-    fig = figs.shap_vs_lime(
+    fig = xfigs.shap_vs_lime(
         ["a", "b", "c", "d"],
         np.array([2.0, -1.0, 0.1, 0.5]),
         np.array(lime_weights),
@@ -368,7 +369,7 @@ def test_shap_vs_lime_labels_lime_s_bars_with_its_conditions_and_fit():
 
 def test_interaction_heatmap_shows_the_strongest_interactions_off_the_diagonal():
     matrix = np.array([[9.0, 0.1, 0.0], [0.1, 5.0, 2.0], [0.0, 2.0, 1.0]])
-    fig = figs.interaction_heatmap(matrix, ["a", "b", "c"], top=2)
+    fig = xfigs.interaction_heatmap(matrix, ["a", "b", "c"], top=2)
     heat = fig.get_axes()[0]
     assert heat.get_title() == "SHAP interactions (top 2 features; diagonal blank)"
     assert [t.get_text() for t in heat.get_xticklabels()] == ["b", "c"]
