@@ -179,7 +179,7 @@ def dask_config(workers: int, threads: int) -> dict[str, Any]:
     # The scheduler unpickles every task it is sent, importing its function's module: on the
     # first run after `up` that was 1,700 modules (pandas, scikit-learn, LIME, XGBoost), 1.5 s
     # of the scheduler's time while the run waited. It imports them as it starts.
-    config["distributed.scheduler.preload"] = list(RUN_MODULES)
+    config["distributed.scheduler.preload"] = ["tasks.scheduler_preload"]
     nested: dict[str, Any] = {}
     for dotted, value in config.items():
         # keys are dotted paths whose last part may itself hold no dots (OMP_NUM_THREADS)
