@@ -59,10 +59,6 @@ def worker_env(threads: int, openmp: int | None = None) -> dict[str, str]:
     pair with fresh page faults. LIME (5,000 x F arrays per row) ran 37% slower for it; buffers
     up to 32 MiB (glibc's maximum) now come from the heap again.
 
-    `MPLBACKEND`: workers draw into files only. shap's plots go through pyplot, which on a
-    desktop would pick a GUI backend (macOS's, Tk) and open windows from worker threads, where
-    GUI toolkits fail or abort.
-
     `openmp`: OpenMP's threads when they are more than the worker's (all the machine's cores
     for the worker that trains, `one_trainer`): a worker started with fewer cannot use more.
     XGBoost's predictions on the workers are sized to the worker's threads by `xgboost.dask`.
@@ -73,7 +69,6 @@ def worker_env(threads: int, openmp: int | None = None) -> dict[str, str]:
         "MKL_NUM_THREADS": n,
         "OPENBLAS_NUM_THREADS": n,
         "MALLOC_MMAP_THRESHOLD_": str(32 * 1024 * 1024),
-        "MPLBACKEND": "Agg",
     }
 
 
@@ -244,8 +239,10 @@ def dask_cluster(cfg: ClusterConfig) -> Iterator[ClusterHandle]:
             threads_per_worker=threads,
             host="127.0.0.1",
             memory_limit=memory,
-            # This process's environment outranks `pre-spawn-environ`; `env` outranks both: no
-            # GUI backend in a worker, whatever the user's shell sets (`worker_env`).
+            # Workers draw into files only: shap's plots go through pyplot, which on a desktop
+            # would pick a GUI backend (macOS's, Tk) that fails off the main thread. `env`
+            # outranks this process's environment (which outranks `pre-spawn-environ`); the
+            # command line sets the same for the platform's workers (`flows.cli`).
             env={"MPLBACKEND": "Agg"},
             **http,
         )

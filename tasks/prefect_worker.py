@@ -39,9 +39,8 @@ def quick_exit_check(kill: Callable[..., Any]) -> Callable[..., Any]:
         self: Any, flow_run_id: Any, grace_seconds: float = 30, *, force: bool = False
     ) -> None:
         handle = self.get(flow_run_id)
-        if force or handle is None or handle.pid is None:
-            return await kill(self, flow_run_id, grace_seconds, force=force)
-        if not handle.termination_scope.wait_after_graceful_kill:
+        waits = handle is not None and handle.termination_scope.wait_after_graceful_kill
+        if force or not waits or handle.pid is None:
             return await kill(self, flow_run_id, grace_seconds, force=force)
         try:
             handle.graceful_kill()
